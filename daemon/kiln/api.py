@@ -1,0 +1,196 @@
+"""The invoke API: a plain ASGI app served by hypercorn's Trio worker.
+
+``POST /invoke/{name}`` runs a call; ``GET /healthz`` says the daemon is up.
+Every response carries ``Kiln-Call-Id``; every error body is
+``{"error": {"code": ..., "message": ...}}``. If the caller disconnects while its
+call runs, the call is cancelled (and its container removed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import secrets
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import trio
+
+from kiln.errors import BodyTooLarge, CallError
+from kiln.invoke import Invoker, Timings
+
+log = logging.getLogger("kiln.api")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+INVOKE_PREFIX = "/invoke/"
+
+
+def new_call_id() -> str:
+    return secrets.token_hex(8)
+
+
+def error_body(code: str, message: str) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message}}).encode() + b"\n"
+
+
+class ClientGone(Exception):
+    """The caller disconnected before its call was answered."""
+
+
+class InvokeApp:
+    def __init__(self, invoker: Invoker, *, max_body: int) -> None:
+        self.invoker = invoker
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        call_id = new_call_id()
+        path: str = scope["path"]
+        method: str = scope["method"]
+        try:
+            if path == "/healthz":
+                await self._respond(send, 200, call_id, b'{"status":"ok"}\n', json_ct=True)
+            elif path.startswith(INVOKE_PREFIX):
+                if method != "POST":
+                    await self._error(
+                        send,
+                        call_id,
+                        CallError("use POST to invoke", status=405, code="method_not_allowed"),
+                    )
+                    return
+                await self._invoke(scope, receive, send, call_id, path[len(INVOKE_PREFIX) :])
+            else:
+                await self._error(
+                    send, call_id, CallError(f"no route {path}", status=404, code="not_found")
+                )
+        except ClientGone:
+            log.info("call %s: caller disconnected", call_id)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    raise CallError("bad Content-Length", status=400, code="bad_request") from None
+                if declared > self.max_body:
+                    raise BodyTooLarge(
+                        f"body of {declared} bytes is over the limit of {self.max_body} bytes "
+                        "([daemon] max_body)"
+                    )
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk: bytes = message.get("body", b"")
+            total += len(chunk)
+            if total > self.max_body:
+                raise BodyTooLarge(
+                    f"body is over the limit of {self.max_body} bytes ([daemon] max_body)"
+                )
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _invoke(
+        self, scope: Scope, receive: Receive, send: Send, call_id: str, name: str
+    ) -> None:
+        timings = Timings()
+        t0 = trio.current_time()
+        status = 500
+        try:
+            self.invoker.lookup(name)
+            body = await self._read_body(scope, receive)
+            result = None
+            gone = False
+
+            async def watch_disconnect(cancel: trio.CancelScope) -> None:
+                nonlocal gone
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                gone = True
+                cancel.cancel()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch_disconnect, nursery.cancel_scope)
+                result = await self.invoker.invoke(name, body, call_id, timings)
+                nursery.cancel_scope.cancel()
+            if gone or result is None:
+                raise ClientGone
+            status = result.status
+            headers = [*result.headers, (b"kiln-timing", timings.header())]
+            if timings.cold:
+                headers.append((b"kiln-cold", b"1"))
+            await self._respond(send, result.status, call_id, result.body, extra=headers)
+        except CallError as e:
+            status = e.status
+            await self._error(send, call_id, e, timings)
+        finally:
+            log.info(
+                "call fn=%s id=%s status=%s total_ms=%.1f queue_ms=%.1f start_ms=%.1f run_ms=%.1f",
+                name,
+                call_id,
+                status,
+                (trio.current_time() - t0) * 1000,
+                timings.queue * 1000,
+                timings.start * 1000,
+                timings.run * 1000,
+            )
+
+    async def _error(
+        self, send: Send, call_id: str, error: CallError, timings: Timings | None = None
+    ) -> None:
+        extra: list[tuple[bytes, bytes]] = []
+        if error.retry_after is not None:
+            extra.append((b"retry-after", str(max(1, math.ceil(error.retry_after))).encode()))
+        if timings is not None:
+            extra.append((b"kiln-timing", timings.header()))
+        await self._respond(
+            send,
+            error.status,
+            call_id,
+            error_body(error.code, error.message),
+            json_ct=True,
+            extra=extra,
+        )
+
+    @staticmethod
+    async def _respond(
+        send: Send,
+        status: int,
+        call_id: str,
+        body: bytes,
+        *,
+        json_ct: bool = False,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        headers = [
+            (b"kiln-call-id", call_id.encode()),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if json_ct:
+            headers.append((b"content-type", b"application/json"))
+        if extra:
+            headers.extend(extra)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,121 @@
+"""The function spec: what a function is (an image plus limits) and how to read one.
+
+The same reader serves the TOML config (``[functions.NAME]``) and JSON specs
+from the control API, so both reject the same mistakes with the same words.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from kiln.units import MiB
+from kiln.validate import Table, fail
+
+Format = Literal["stdio", "http-stream"]
+FORMATS: tuple[Format, ...] = ("stdio", "http-stream")
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+#: Docker refuses memory limits below 6 MiB.
+MIN_MEMORY = 6 * MiB
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """A function: an image plus limits. Immutable; a changed spec is a new object."""
+
+    name: str
+    image: str
+    cmd: tuple[str, ...] | None = None
+    format: Format = "stdio"
+    memory: int = 128 * MiB
+    cpus: float | None = None
+    timeout: float = 30.0
+    start_timeout: float = 5.0
+    idle_timeout: float = 30.0
+    min_warm: int = 0
+    max_containers: int = 10
+    env: Mapping[str, str] = field(default_factory=dict)
+    rate: float | None = None
+    network: str = "none"
+    pids_limit: int = 128
+
+    @property
+    def memory_mib(self) -> int:
+        return self.memory // MiB
+
+    def to_json(self) -> dict[str, Any]:
+        """The spec as a JSON/TOML-shaped table that :func:`parse_function` reads back."""
+        out: dict[str, Any] = {
+            "image": self.image,
+            "format": self.format,
+            "memory": self.memory,
+            "timeout": self.timeout,
+            "start_timeout": self.start_timeout,
+            "idle_timeout": self.idle_timeout,
+            "min_warm": self.min_warm,
+            "max_containers": self.max_containers,
+            "env": dict(self.env),
+            "network": self.network,
+            "pids_limit": self.pids_limit,
+        }
+        if self.cmd is not None:
+            out["cmd"] = list(self.cmd)
+        if self.cpus is not None:
+            out["cpus"] = self.cpus
+        if self.rate is not None:
+            out["rate"] = self.rate
+        return out
+
+
+def check_name(name: str, path: str) -> None:
+    if not NAME_RE.match(name):
+        fail(
+            path,
+            f"function name {name!r} must be 1-63 of a-z 0-9 _ - (starting with a letter or digit)",
+        )
+
+
+def parse_function(name: str, raw: object, path: str) -> FunctionSpec:
+    """Read one function table. Raises :class:`kiln.validate.ConfigError` naming the key."""
+    check_name(name, path)
+    t = Table(raw, path)
+    image = t.string("image")
+    if not image.strip():
+        fail(t.key("image"), "must not be empty")
+    cmd = t.string_list("cmd")
+    fmt = t.string("format", "stdio", choices=FORMATS)
+    memory = t.size("memory", 128 * MiB, minimum=MIN_MEMORY)
+    cpus = t.optional_number("cpus", exclusive_minimum=0)
+    timeout = t.number("timeout", 30.0, exclusive_minimum=0)
+    start_timeout = t.number("start_timeout", 5.0, exclusive_minimum=0)
+    idle_timeout = t.number("idle_timeout", 30.0, minimum=0)
+    min_warm = t.integer("min_warm", 0, minimum=0)
+    max_containers = t.integer("max_containers", 10, minimum=1)
+    if min_warm > max_containers:
+        fail(t.key("min_warm"), f"({min_warm}) must not exceed max_containers ({max_containers})")
+    env = t.string_map("env")
+    rate = t.rate("rate")
+    network = t.string("network", "none")
+    pids_limit = t.integer("pids_limit", 128, minimum=1)
+    t.done()
+    return FunctionSpec(
+        name=name,
+        image=image,
+        cmd=cmd,
+        format=fmt,  # type: ignore[arg-type]  # checked by choices
+        memory=memory,
+        cpus=cpus,
+        timeout=timeout,
+        start_timeout=start_timeout,
+        idle_timeout=idle_timeout,
+        min_warm=min_warm,
+        max_containers=max_containers,
+        env=env,
+        rate=rate,
+        network=network,
+        pids_limit=pids_limit,
+    )

@@ -1,0 +1,198 @@
+"""The ``stdio`` call format: one container per call.
+
+Request body → the container's stdin (hijacked attach stream), stdout → the
+response body, stderr → Kiln's log. Exit 0 → 200; any other exit → 502 with the
+exit code and the tail of stderr; OOM-killed → 502 saying to raise ``memory``;
+over ``timeout`` → the container is killed and the caller gets 504.
+
+:func:`outcome` is the pure exit-code → HTTP mapping; :func:`run_stdio` does the I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+import trio
+
+from kiln.containers import Identity, container_config, container_name
+from kiln.docker import (
+    STDOUT,
+    AttachStream,
+    DockerClient,
+    DockerError,
+    DockerTimeout,
+    DockerUnreachable,
+)
+from kiln.errors import CallError, CallTimeout, FunctionFailed
+from kiln.functions import FunctionSpec
+from kiln.units import format_size
+
+log = logging.getLogger("kiln.stdio")
+
+STDIN_CHUNK = 64 * 1024
+STDERR_TAIL_LINES = 20
+STDERR_TAIL_BYTES = 4096
+#: How long cleanup (kill/remove) may take once the call is over or cancelled.
+CLEANUP_TIMEOUT = 30.0
+
+
+class StderrTail:
+    """Keeps the last lines of a stream that arrives in arbitrary pieces."""
+
+    def __init__(self, max_lines: int = STDERR_TAIL_LINES, max_bytes: int = STDERR_TAIL_BYTES):
+        self._lines: deque[bytes] = deque(maxlen=max_lines)
+        self._partial = b""
+        self._max_bytes = max_bytes
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add data; returns the lines completed by it (for logging)."""
+        parts = (self._partial + data).split(b"\n")
+        self._partial = parts.pop()[-self._max_bytes :]
+        done = [p[-self._max_bytes :] for p in parts]
+        self._lines.extend(done)
+        return done
+
+    def text(self) -> str:
+        lines = list(self._lines)
+        if self._partial:
+            lines.append(self._partial)
+        text = b"\n".join(lines)[-self._max_bytes :]
+        return text.decode("utf-8", "replace").strip()
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    exit_code: int
+    oom_killed: bool
+    stderr_tail: str
+
+
+def outcome(spec: FunctionSpec, info: ExitInfo) -> CallError | None:
+    """The pure mapping from how the container ended to what the caller sees."""
+    if info.exit_code == 0 and not info.oom_killed:
+        return None
+    tail = f"; stderr: {info.stderr_tail}" if info.stderr_tail else ""
+    if info.oom_killed:
+        return FunctionFailed(
+            f"function {spec.name!r} ran out of its {format_size(spec.memory)} of memory and was "
+            f"OOM-killed: raise `memory` in its config{tail}",
+            code="out_of_memory",
+        )
+    if info.exit_code == 137:
+        return FunctionFailed(
+            f"function {spec.name!r} was killed (exit 137, SIGKILL), most likely for using more "
+            f"than its {format_size(spec.memory)} of memory: raise `memory` in its config{tail}",
+            code="out_of_memory",
+        )
+    return FunctionFailed(
+        f"function {spec.name!r} exited with code {info.exit_code}{tail}", code="function_error"
+    )
+
+
+class OutputTooLarge(FunctionFailed):
+    code = "output_too_large"
+
+
+async def _pump(
+    stream: AttachStream, body: bytes, max_output: int, spec: FunctionSpec, call_id: str
+) -> tuple[bytes, StderrTail]:
+    stdout = bytearray()
+    stderr = StderrTail()
+
+    async def feed_stdin() -> None:
+        try:
+            for i in range(0, len(body), STDIN_CHUNK):
+                await stream.send_all(body[i : i + STDIN_CHUNK])
+            await stream.send_eof()
+        except DockerUnreachable:
+            # The function exited (or closed stdin) without reading all its input:
+            # not an error by itself; its exit code says how it went.
+            pass
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(feed_stdin)
+        while (frames := await stream.receive()) is not None:
+            for frame in frames:
+                if frame.stream == STDOUT:
+                    stdout += frame.data
+                    if len(stdout) > max_output:
+                        raise OutputTooLarge(
+                            f"function {spec.name!r} wrote more than {format_size(max_output)} "
+                            "to stdout (the response limit, [daemon] max_response)"
+                        )
+                else:
+                    for line in stderr.feed(frame.data):
+                        log.info(
+                            "stderr fn=%s call=%s: %s",
+                            spec.name,
+                            call_id,
+                            line.decode("utf-8", "replace"),
+                        )
+    return bytes(stdout), stderr
+
+
+async def run_stdio(
+    docker: DockerClient,
+    spec: FunctionSpec,
+    identity: Identity,
+    call_id: str,
+    body: bytes,
+    *,
+    max_output: int,
+) -> bytes:
+    """Run one ``stdio`` call in a fresh container; return its stdout.
+
+    The container is removed on every path — success, failure, timeout, and
+    cancellation (the removal runs shielded and bounded by CLEANUP_TIMEOUT).
+    Raises :class:`CallError` for function failures and DockerError for Docker's.
+    """
+    name = container_name(identity, spec.name, call_id)
+    config = container_config(spec, identity, stdio=True, extra_labels={"kiln.call": call_id})
+    cid: str | None = None
+    try:
+        try:
+            cid = await docker.create_container(config, name=name)
+        except DockerTimeout:
+            cid = name  # it may exist after all: remove it by name below
+            raise
+        async with docker.attach(cid) as stream:
+            await docker.start(cid)
+            with trio.move_on_after(spec.timeout) as scope:
+                try:
+                    stdout, stderr = await _pump(stream, body, max_output, spec, call_id)
+                except OutputTooLarge:
+                    await docker.kill(cid)
+                    raise
+                result = await docker.wait(cid)
+            if scope.cancelled_caught:
+                await docker.kill(cid)
+                raise CallTimeout(
+                    f"function {spec.name!r} did not finish within its timeout of "
+                    f"{spec.timeout:g} s; its container was killed",
+                    code="timeout",
+                )
+        oom = False
+        if result.status_code != 0:
+            state = (await docker.inspect(cid)).get("State", {})
+            oom = bool(state.get("OOMKilled"))
+        error = outcome(spec, ExitInfo(result.status_code, oom, stderr.text()))
+        if error is not None:
+            raise error
+        return stdout
+    finally:
+        if cid is not None:
+            await remove_container(docker, cid, spec.name)
+
+
+async def remove_container(docker: DockerClient, cid: str, function: str) -> None:
+    """Remove a container, shielded from cancellation and bounded in time. Never raises."""
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(CLEANUP_TIMEOUT) as scope:
+            try:
+                await docker.remove(cid, force=True)
+            except DockerError as e:
+                log.error("could not remove container %s of %s: %s", cid[:12], function, e)
+        if scope.cancelled_caught:
+            log.error("removing container %s of %s timed out", cid[:12], function)
