@@ -19,6 +19,7 @@ import trio
 
 from kiln.errors import BodyTooLarge, CallError
 from kiln.invoke import Invoker, Timings
+from kiln.trioutil import open_nursery
 
 log = logging.getLogger("kiln.api")
 
@@ -131,10 +132,12 @@ class InvokeApp:
                 gone = True
                 cancel.cancel()
 
-            async with trio.open_nursery() as nursery:
+            async with open_nursery() as nursery:
                 nursery.start_soon(watch_disconnect, nursery.cancel_scope)
-                result = await self.invoker.invoke(name, body, call_id, timings)
-                nursery.cancel_scope.cancel()
+                try:
+                    result = await self.invoker.invoke(name, body, call_id, timings)
+                finally:
+                    nursery.cancel_scope.cancel()
             if gone or result is None:
                 raise ClientGone
             status = result.status
@@ -145,6 +148,12 @@ class InvokeApp:
         except CallError as e:
             status = e.status
             await self._error(send, call_id, e, timings)
+        except Exception as e:
+            status = 500
+            log.exception("call %s of %s failed unexpectedly", call_id, name)
+            await self._error(
+                send, call_id, CallError(f"internal error: {type(e).__name__}: {e}"), timings
+            )
         finally:
             log.info(
                 "call fn=%s id=%s status=%s total_ms=%.1f queue_ms=%.1f start_ms=%.1f run_ms=%.1f",

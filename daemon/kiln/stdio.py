@@ -27,6 +27,7 @@ from kiln.docker import (
 )
 from kiln.errors import CallError, CallTimeout, FunctionFailed
 from kiln.functions import FunctionSpec
+from kiln.trioutil import open_nursery
 from kiln.units import format_size
 
 log = logging.getLogger("kiln.stdio")
@@ -111,7 +112,7 @@ async def _pump(
             # not an error by itself; its exit code says how it went.
             pass
 
-    async with trio.open_nursery() as nursery:
+    async with open_nursery() as nursery:
         nursery.start_soon(feed_stdin)
         while (frames := await stream.receive()) is not None:
             for frame in frames:

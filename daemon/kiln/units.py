@@ -27,19 +27,29 @@ _SIZE_UNITS: dict[str, int] = {
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
-_RATE_PERIODS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
-                 "h": 3600.0, "hour": 3600.0}
+_RATE_PERIODS = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+}
 
 
 def parse_size(text: str) -> int:
     """``"128MiB"`` → 134217728. Raises ValueError naming what is wrong."""
     m = _SIZE_RE.match(text)
     if not m:
-        raise ValueError(f"{text!r} is not a size (write e.g. \"128MiB\", \"1GiB\", \"512MB\")")
+        raise ValueError(f'{text!r} is not a size (write e.g. "128MiB", "1GiB", "512MB")')
     number, unit = m.groups()
     factor = _SIZE_UNITS.get(unit.lower())
     if factor is None:
-        raise ValueError(f"{text!r} has an unknown unit {unit!r} (use B, KiB, MiB, GiB, KB, MB, GB)")
+        raise ValueError(
+            f"{text!r} has an unknown unit {unit!r} (use B, KiB, MiB, GiB, KB, MB, GB)"
+        )
     return int(float(number) * factor)
 
 
@@ -57,7 +67,7 @@ def parse_rate(text: str) -> float:
     """``"100/s"`` → 100.0 per second; ``"30/min"`` → 0.5. Raises ValueError."""
     m = _RATE_RE.match(text)
     if not m:
-        raise ValueError(f"{text!r} is not a rate (write e.g. \"100/s\", \"30/min\")")
+        raise ValueError(f'{text!r} is not a rate (write e.g. "100/s", "30/min")')
     number, period = m.groups()
     rate = float(number) / _RATE_PERIODS[period]
     if rate <= 0:

@@ -1,0 +1,436 @@
+"""A fake Docker Engine, in process, for unit and fault-injection tests.
+
+Short calls arrive through an ``httpx.MockTransport`` (async handler); long
+calls (``wait``, hijacked ``attach``) through in-memory stream pairs served by
+an h11 server task. Containers run *programs*: small async functions chosen by
+image name, that read stdin and write stdout/stderr like a real process.
+
+Faults on cue:
+
+* ``fake.stall[op] = seconds`` — the operation hangs that long; if that is
+  beyond the client's httpx read timeout, the client gets ``ReadTimeout`` at
+  its timeout (as with a real stalled engine). ``op`` is one of create, start,
+  kill, remove, inspect, list, version, wait, attach.
+* ``fake.fail[op] = (status, message)`` — Docker answers with that error.
+* ``fake.unreachable = True`` — connections are refused from now on.
+* ``fake.kill_container(cid)`` — the container dies now (exit 137).
+
+Everything runs on Trio's clock, so ``MockClock`` drives stalls and programs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import h11
+import httpx
+import trio
+import trio.testing
+
+from kiln.docker.frames import STDERR, STDOUT, encode_frame
+
+
+class Proc:
+    """What a program sees: its stdin, stdout, stderr."""
+
+    def __init__(self, container: FakeContainer) -> None:
+        self.container = container
+
+    async def read(self) -> bytes:
+        """The next piece of stdin, or b"" at EOF."""
+        try:
+            return await self.container.stdin_recv.receive()
+        except trio.EndOfChannel:
+            return b""
+
+    async def read_all(self) -> bytes:
+        out = bytearray()
+        while chunk := await self.read():
+            out += chunk
+        return bytes(out)
+
+    async def out(self, data: bytes) -> None:
+        await self.container.emit(STDOUT, data)
+
+    async def err(self, data: bytes) -> None:
+        await self.container.emit(STDERR, data)
+
+
+Program = Callable[[Proc], Awaitable[int]]
+
+
+async def cat(proc: Proc) -> int:
+    while chunk := await proc.read():
+        await proc.out(chunk)
+    return 0
+
+
+async def fail(proc: Proc) -> int:
+    await proc.read_all()
+    await proc.err(b"something went wrong\nreally wrong\n")
+    return 3
+
+
+async def sleeper(proc: Proc) -> int:
+    await trio.sleep(3600)
+    return 0
+
+
+async def slow_cat(proc: Proc) -> int:
+    """Reads stdin, waits 5 s, echoes it."""
+    data = await proc.read_all()
+    await trio.sleep(5)
+    await proc.out(data)
+    return 0
+
+
+async def oom(proc: Proc) -> int:
+    await proc.read_all()
+    proc.container.oom_killed = True
+    return 137
+
+
+async def dies(proc: Proc) -> int:
+    """Dies right after start, without reading its input."""
+    return 139
+
+
+DEFAULT_PROGRAMS: dict[str, Program] = {
+    "cat": cat,
+    "fail": fail,
+    "sleep": sleeper,
+    "slowcat": slow_cat,
+    "oom": oom,
+    "dies": dies,
+}
+
+
+@dataclass
+class FakeContainer:
+    id: str
+    name: str
+    config: dict[str, Any]
+    program: Program
+    state: str = "created"
+    exit_code: int | None = None
+    oom_killed: bool = False
+    exited: trio.Event = field(default_factory=trio.Event)
+    attach_streams: list[trio.abc.HalfCloseableStream] = field(default_factory=list)
+    scope: trio.CancelScope | None = None
+
+    def __post_init__(self) -> None:
+        self.stdin_send, self.stdin_recv = trio.open_memory_channel[bytes](64)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(self.config.get("Labels") or {})
+
+    async def emit(self, stream: int, data: bytes) -> None:
+        for i in range(0, max(len(data), 1), 32 * 1024):
+            frame = encode_frame(stream, data[i : i + 32 * 1024])
+            for s in list(self.attach_streams):
+                try:
+                    await s.send_all(frame)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self.attach_streams.remove(s)
+
+
+class FakeDocker:
+    """Use as ``async with FakeDocker() as fake`` and hand ``fake.client_args()`` to DockerClient."""
+
+    def __init__(self, programs: dict[str, Program] | None = None) -> None:
+        self.programs = {**DEFAULT_PROGRAMS, **(programs or {})}
+        self.containers: dict[str, FakeContainer] = {}
+        self.stall: dict[str, float] = {}
+        self.fail: dict[str, tuple[int, str]] = {}
+        self.unreachable = False
+        self.api_version = "1.41"
+        self.calls: list[tuple[str, str]] = []  # (operation, container id or "")
+        self.created_total = 0
+        self._ids = itertools.count(1)
+        self._nursery: trio.Nursery | None = None
+        self.transport = httpx.MockTransport(self._handle)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[FakeDocker]:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                yield self
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def __aenter__(self) -> FakeDocker:
+        self._cm = self.running()
+        return await self._cm.__aenter__()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._cm.__aexit__(*exc)
+
+    # ---- helpers for tests ---------------------------------------------
+
+    def client_kwargs(self) -> dict[str, Any]:
+        return {"transport": self.transport, "connect": self.connect}
+
+    def live(self) -> list[FakeContainer]:
+        return list(self.containers.values())
+
+    def kill_container(self, cid: str, code: int = 137) -> None:
+        c = self.containers[cid]
+        if c.scope is not None:
+            c.scope.cancel()
+        self._exit(c, code)
+
+    def _exit(self, c: FakeContainer, code: int) -> None:
+        if c.state == "exited":
+            return
+        c.state = "exited"
+        c.exit_code = code
+        c.exited.set()
+        for s in c.attach_streams:
+            # closing the send side ends the caller's attach stream (EOF)
+            assert self._nursery is not None
+            self._nursery.start_soon(trio.aclose_forcefully, s)
+        c.attach_streams.clear()
+
+    def _program_for(self, image: str, cmd: list[str] | None) -> Program | None:
+        key = (cmd or [image])[0]
+        if key in self.programs:
+            return self.programs[key]
+        base = image.split(":")[0].rsplit("/", 1)[-1]
+        return self.programs.get(base)
+
+    async def _fault(self, op: str, request: httpx.Request | None = None) -> httpx.Response | None:
+        self.calls.append((op, ""))
+        if self.unreachable:
+            raise httpx.ConnectError("[Errno 111] Connection refused")
+        stall = self.stall.get(op)
+        if stall:
+            read_timeout = None
+            if request is not None:
+                read_timeout = request.extensions.get("timeout", {}).get("read")
+            if read_timeout is not None and stall > read_timeout:
+                await trio.sleep(read_timeout)
+                raise httpx.ReadTimeout("timed out")
+            await trio.sleep(stall)
+        if op in self.fail:
+            status, message = self.fail[op]
+            return httpx.Response(status, json={"message": message})
+        return None
+
+    # ---- short calls -----------------------------------------------------
+
+    async def _handle(self, request: httpx.Request) -> httpx.Response:
+        path = re.sub(r"^/v[0-9.]+", "", request.url.path)
+        method = request.method
+        m = re.match(r"^/containers/([^/]+)(/(\w+))?$", path)
+        if path == "/_ping":
+            return await self._fault("ping", request) or httpx.Response(200, text="OK")
+        if path == "/version":
+            return await self._fault("version", request) or httpx.Response(
+                200, json={"Version": "fake", "ApiVersion": self.api_version}
+            )
+        if path == "/containers/create" and method == "POST":
+            return await self._fault("create", request) or self._create(request)
+        if path == "/containers/json":
+            return await self._fault("list", request) or self._list(request)
+        if path.startswith("/images/"):
+            return await self._fault("image", request) or httpx.Response(200, json={"Id": "sha256:x"})
+        if m:
+            cid, action = m.group(1), m.group(3) or ""
+            op = {"": "remove" if method == "DELETE" else "inspect"}.get(action, action)
+            if op == "json":
+                op = "inspect"
+            faulted = await self._fault(op, request)
+            if faulted is not None:
+                return faulted
+            c = self._find(cid)
+            if c is None:
+                return httpx.Response(404, json={"message": f"No such container: {cid}"})
+            self.calls[-1] = (op, c.id)
+            if op == "start":
+                return self._start(c)
+            if op == "kill":
+                if c.state != "running":
+                    return httpx.Response(409, json={"message": f"Container {cid} is not running"})
+                self.kill_container(c.id)
+                return httpx.Response(204)
+            if op == "remove":
+                if c.state == "running":
+                    if request.url.params.get("force") != "1":
+                        return httpx.Response(409, json={"message": "container is running"})
+                    self.kill_container(c.id)
+                del self.containers[c.id]
+                return httpx.Response(204)
+            if op == "inspect":
+                return httpx.Response(200, json=self._inspect(c))
+            if op == "logs":
+                return httpx.Response(200, content=b"")
+        return httpx.Response(404, json={"message": f"page not found: {method} {path}"})
+
+    def _find(self, ref: str) -> FakeContainer | None:
+        if ref in self.containers:
+            return self.containers[ref]
+        for c in self.containers.values():
+            if c.name == ref or c.id.startswith(ref):
+                return c
+        return None
+
+    def _create(self, request: httpx.Request) -> httpx.Response:
+        config = json.loads(request.content)
+        name = request.url.params.get("name") or ""
+        if name and any(c.name == name for c in self.containers.values()):
+            return httpx.Response(409, json={"message": f'Conflict. The container name "/{name}" is already in use'})
+        program = self._program_for(config["Image"], config.get("Cmd"))
+        if program is None:
+            return httpx.Response(404, json={"message": f"No such image: {config['Image']}"})
+        cid = f"{next(self._ids):064x}"
+        self.containers[cid] = FakeContainer(cid, name or cid[:12], config, program)
+        self.created_total += 1
+        return httpx.Response(201, json={"Id": cid, "Warnings": []})
+
+    def _start(self, c: FakeContainer) -> httpx.Response:
+        if c.state == "running":
+            return httpx.Response(304)
+        if c.state == "exited":
+            return httpx.Response(409, json={"message": "container has exited"})
+        c.state = "running"
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run, c)
+        return httpx.Response(204)
+
+    async def _run(self, c: FakeContainer) -> None:
+        with trio.CancelScope() as scope:
+            c.scope = scope
+            code = await c.program(Proc(c))
+            self._exit(c, code)
+
+    def _inspect(self, c: FakeContainer) -> dict[str, Any]:
+        return {
+            "Id": c.id,
+            "Name": "/" + c.name,
+            "Config": {"Labels": c.labels, "Image": c.config["Image"]},
+            "State": {
+                "Status": c.state,
+                "Running": c.state == "running",
+                "ExitCode": c.exit_code or 0,
+                "OOMKilled": c.oom_killed,
+            },
+        }
+
+    def _list(self, request: httpx.Request) -> httpx.Response:
+        filters = json.loads(request.url.params.get("filters") or "{}")
+        wanted = filters.get("label", [])
+        out = []
+        for c in self.containers.values():
+            labels = c.labels
+            ok = True
+            for w in wanted:
+                k, _, v = w.partition("=")
+                if k not in labels or ("=" in w and labels[k] != v):
+                    ok = False
+            if ok:
+                out.append({"Id": c.id, "Names": ["/" + c.name], "Labels": labels, "State": c.state})
+        return httpx.Response(200, json=out)
+
+    # ---- long calls ------------------------------------------------------
+
+    async def connect(self) -> trio.abc.HalfCloseableStream:
+        if self.unreachable:
+            raise ConnectionRefusedError(111, "Connection refused")
+        client, server = trio.testing.memory_stream_pair()
+        assert self._nursery is not None
+        self._nursery.start_soon(self._serve_long, server)
+        return client
+
+    async def _serve_long(self, stream: trio.abc.HalfCloseableStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        try:
+            request: h11.Request | None = None
+            complete = False
+            while not complete:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    conn.receive_data(data)
+                elif isinstance(event, h11.Request):
+                    request = event
+                elif isinstance(event, h11.EndOfMessage):
+                    complete = True
+                elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                    return
+            assert request is not None
+            target = request.target.decode()
+            path = re.sub(r"^/v[0-9.]+", "", target.split("?")[0])
+            m = re.match(r"^/containers/([^/]+)/(wait|attach)$", path)
+            if not m:
+                await self._long_error(stream, conn, 404, "page not found")
+                return
+            cid, op = m.groups()
+            self.calls.append((op, cid))
+            stall = self.stall.get(op)
+            if stall:
+                await trio.sleep(stall)
+            if op in self.fail:
+                await self._long_error(stream, conn, *self.fail[op])
+                return
+            c = self._find(cid)
+            if c is None:
+                await self._long_error(stream, conn, 404, f"No such container: {cid}")
+                return
+            if op == "wait":
+                await c.exited.wait()
+                body = json.dumps({"StatusCode": c.exit_code, "Error": None}).encode()
+                await stream.send_all(
+                    conn.send(h11.Response(status_code=200, headers=[("Content-Length", str(len(body)))]))
+                    + conn.send(h11.Data(data=body))
+                    + conn.send(h11.EndOfMessage())
+                )
+                return
+            await self._attach(stream, conn, c)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _long_error(
+        self, stream: trio.abc.HalfCloseableStream, conn: h11.Connection, status: int, message: str
+    ) -> None:
+        body = json.dumps({"message": message}).encode()
+        await stream.send_all(
+            conn.send(h11.Response(status_code=status, headers=[("Content-Length", str(len(body)))]))
+            + conn.send(h11.Data(data=body))
+            + conn.send(h11.EndOfMessage())
+        )
+
+    async def _attach(
+        self, stream: trio.abc.HalfCloseableStream, conn: h11.Connection, c: FakeContainer
+    ) -> None:
+        await stream.send_all(
+            b"HTTP/1.1 101 UPGRADED\r\nContent-Type: application/vnd.docker.raw-stream\r\n"
+            b"Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
+        )
+        leftover, _ = conn.trailing_data
+        if c.state == "exited":
+            return
+        c.attach_streams.append(stream)
+        try:
+            if leftover:
+                await c.stdin_send.send(bytes(leftover))
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    break
+                await c.stdin_send.send(bytes(data))
+            await c.stdin_send.aclose()
+            await c.exited.wait()
+        except trio.ClosedResourceError:
+            pass
