@@ -155,6 +155,7 @@ class FakeDocker:
         self.created_total = 0
         self._ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
+        self._long_streams: set[trio.abc.HalfCloseableStream] = set()
         self.transport = httpx.MockTransport(self._handle)
 
     @asynccontextmanager
@@ -180,6 +181,16 @@ class FakeDocker:
 
     def live(self) -> list[FakeContainer]:
         return list(self.containers.values())
+
+    def crash(self) -> None:
+        """dockerd dies: its containers stop, its connections drop, new ones are refused."""
+        self.unreachable = True
+        for c in list(self.containers.values()):
+            if c.state == "running":
+                self.kill_container(c.id)
+        for stream in list(self._long_streams):
+            assert self._nursery is not None
+            self._nursery.start_soon(trio.aclose_forcefully, stream)
 
     def kill_container(self, cid: str, code: int = 137) -> None:
         c = self.containers[cid]
@@ -241,7 +252,9 @@ class FakeDocker:
         if path == "/containers/json":
             return await self._fault("list", request) or self._list(request)
         if path.startswith("/images/"):
-            return await self._fault("image", request) or httpx.Response(200, json={"Id": "sha256:x"})
+            return await self._fault("image", request) or httpx.Response(
+                200, json={"Id": "sha256:x"}
+            )
         if m:
             cid, action = m.group(1), m.group(3) or ""
             op = {"": "remove" if method == "DELETE" else "inspect"}.get(action, action)
@@ -286,7 +299,9 @@ class FakeDocker:
         config = json.loads(request.content)
         name = request.url.params.get("name") or ""
         if name and any(c.name == name for c in self.containers.values()):
-            return httpx.Response(409, json={"message": f'Conflict. The container name "/{name}" is already in use'})
+            return httpx.Response(
+                409, json={"message": f'Conflict. The container name "/{name}" is already in use'}
+            )
         program = self._program_for(config["Image"], config.get("Cmd"))
         if program is None:
             return httpx.Response(404, json={"message": f"No such image: {config['Image']}"})
@@ -336,7 +351,9 @@ class FakeDocker:
                 if k not in labels or ("=" in w and labels[k] != v):
                     ok = False
             if ok:
-                out.append({"Id": c.id, "Names": ["/" + c.name], "Labels": labels, "State": c.state})
+                out.append(
+                    {"Id": c.id, "Names": ["/" + c.name], "Labels": labels, "State": c.state}
+                )
         return httpx.Response(200, json=out)
 
     # ---- long calls ------------------------------------------------------
@@ -351,6 +368,7 @@ class FakeDocker:
 
     async def _serve_long(self, stream: trio.abc.HalfCloseableStream) -> None:
         conn = h11.Connection(h11.SERVER)
+        self._long_streams.add(stream)
         try:
             request: h11.Request | None = None
             complete = False
@@ -360,7 +378,7 @@ class FakeDocker:
                     data = await stream.receive_some(65536)
                     if not data:
                         return
-                    conn.receive_data(data)
+                    conn.receive_data(bytes(data))
                 elif isinstance(event, h11.Request):
                     request = event
                 elif isinstance(event, h11.EndOfMessage):
@@ -390,7 +408,9 @@ class FakeDocker:
                 await c.exited.wait()
                 body = json.dumps({"StatusCode": c.exit_code, "Error": None}).encode()
                 await stream.send_all(
-                    conn.send(h11.Response(status_code=200, headers=[("Content-Length", str(len(body)))]))
+                    conn.send(
+                        h11.Response(status_code=200, headers=[("Content-Length", str(len(body)))])
+                    )
                     + conn.send(h11.Data(data=body))
                     + conn.send(h11.EndOfMessage())
                 )
@@ -399,6 +419,7 @@ class FakeDocker:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
+            self._long_streams.discard(stream)
             await trio.aclose_forcefully(stream)
 
     async def _long_error(
@@ -406,7 +427,9 @@ class FakeDocker:
     ) -> None:
         body = json.dumps({"message": message}).encode()
         await stream.send_all(
-            conn.send(h11.Response(status_code=status, headers=[("Content-Length", str(len(body)))]))
+            conn.send(
+                h11.Response(status_code=status, headers=[("Content-Length", str(len(body)))])
+            )
             + conn.send(h11.Data(data=body))
             + conn.send(h11.EndOfMessage())
         )

@@ -5,18 +5,23 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
+import trio
+
+from kiln.admission import MemoryPool
 from kiln.api import InvokeApp
 from kiln.config import parse
 from kiln.containers import Identity
 from kiln.docker import DockerClient
 from kiln.functions import FunctionSpec
 from kiln.invoke import Invoker
+from kiln.janitor import Janitor
+from kiln.units import GiB
 from tests.fakedocker import FakeDocker
 
 
-def functions(**tables: Mapping[str, Any]) -> dict[str, FunctionSpec]:
+def functions(**tables: Mapping[str, object]) -> dict[str, FunctionSpec]:
     return dict(parse({"functions": dict(tables)}).functions)
 
 
@@ -24,19 +29,58 @@ def functions(**tables: Mapping[str, Any]) -> dict[str, FunctionSpec]:
 class Stack:
     fake: FakeDocker
     docker: DockerClient
+    memory: MemoryPool
+    janitor: Janitor
     invoker: Invoker
     app: InvokeApp
 
 
+def kiln_tasks() -> list[str]:
+    """Names of running tasks whose code is Kiln's (the fake's and the test's excluded)."""
+    out: list[str] = []
+
+    def walk(task: trio.lowlevel.Task) -> None:
+        code = getattr(task.coro, "cr_code", None)
+        if code is not None and "/daemon/kiln/" in code.co_filename:
+            out.append(task.name)
+        for nursery in task.child_nurseries:
+            for child in nursery.child_tasks:
+                walk(child)
+
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    walk(root)
+    return out
+
+
 @asynccontextmanager
 async def stack(
-    fns: Mapping[str, FunctionSpec], *, max_body: int = 1 << 20, docker_timeout: float = 30.0
+    fns: Mapping[str, FunctionSpec],
+    *,
+    max_body: int = 1 << 20,
+    docker_timeout: float = 30.0,
+    capacity: int = 4 * GiB,
+    queue_max: int = 100,
+    queue_wait: float = 10.0,
+    iofs_root: Path | None = None,
 ) -> AsyncIterator[Stack]:
-    async with FakeDocker() as fake:
-        async with DockerClient(
-            "/fake/docker.sock", timeout=docker_timeout, **fake.client_kwargs()
-        ) as docker:
-            invoker = Invoker(
-                docker=docker, identity=Identity("test"), functions=fns, max_response=1 << 20
+    async with (
+        FakeDocker() as fake,
+        DockerClient("/fake/docker.sock", timeout=docker_timeout, **fake.client_kwargs()) as docker,
+    ):
+        memory = MemoryPool(capacity, queue_max=queue_max, queue_wait=queue_wait)
+        janitor = Janitor(docker)
+        invoker = Invoker(
+            docker=docker,
+            identity=Identity("test"),
+            functions=fns,
+            max_response=1 << 20,
+            memory=memory,
+            janitor=janitor,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(janitor.run)
+            yield Stack(
+                fake, docker, memory, janitor, invoker, InvokeApp(invoker, max_body=max_body)
             )
-            yield Stack(fake, docker, invoker, InvokeApp(invoker, max_body=max_body))
+            nursery.cancel_scope.cancel()

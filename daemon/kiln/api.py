@@ -135,7 +135,9 @@ class InvokeApp:
             async with open_nursery() as nursery:
                 nursery.start_soon(watch_disconnect, nursery.cancel_scope)
                 try:
-                    result = await self.invoker.invoke(name, body, call_id, timings)
+                    result = await self.invoker.invoke(
+                        name, body, call_id, timings, scope["headers"]
+                    )
                 finally:
                     nursery.cancel_scope.cancel()
             if gone or result is None:

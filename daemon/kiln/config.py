@@ -30,6 +30,7 @@ class DaemonConfig:
     control_socket: str = "/run/kiln/control.sock"
     control_group: str = "kiln"
     state_dir: str = "/var/lib/kiln"
+    run_dir: str = "/run/kiln"
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ def _daemon(t: Table) -> DaemonConfig:
         control_socket=t.string("control_socket", d.control_socket),
         control_group=t.string("control_group", d.control_group),
         state_dir=t.string("state_dir", d.state_dir),
+        run_dir=t.string("run_dir", d.run_dir),
     )
     if not out.id or not all(c.isalnum() or c in "-_." for c in out.id):
         fail(t.key("id"), f"must be letters, digits, - _ . only, got {out.id!r}")

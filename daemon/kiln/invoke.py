@@ -8,27 +8,26 @@ naming it; any other Docker refusal → 502 with Docker's message.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
+from kiln.admission import MemoryPool
+from kiln.callerrors import docker_call_error
 from kiln.containers import Identity
-from kiln.docker import (
-    DockerAPIError,
-    DockerClient,
-    DockerError,
-    DockerNotFound,
-    DockerTimeout,
-    DockerUnreachable,
-)
-from kiln.errors import CallError, FunctionFailed, NotFound, Unavailable
+from kiln.docker import DockerClient, DockerError
+from kiln.errors import NotFound, Unavailable
 from kiln.functions import FunctionSpec
+from kiln.janitor import Janitor
+from kiln.ratelimit import InvokeRateLimiter
 from kiln.stdio import run_stdio
 
-log = logging.getLogger("kiln.invoke")
+if TYPE_CHECKING:
+    from kiln.supervisors import Supervisors
 
-DOCKER_RETRY_AFTER = 5.0
+log = logging.getLogger("kiln.invoke")
 
 
 @dataclass
@@ -53,29 +52,6 @@ class Timings:
         ).encode()
 
 
-def docker_call_error(e: DockerError, spec: FunctionSpec) -> CallError:
-    """What the caller is told when Docker failed us."""
-    if isinstance(e, DockerUnreachable):
-        return Unavailable(
-            f"Docker is unreachable: {e}", code="docker_unavailable", retry_after=DOCKER_RETRY_AFTER
-        )
-    if isinstance(e, DockerTimeout):
-        return Unavailable(
-            f"Docker is not answering: {e}",
-            code="docker_unavailable",
-            retry_after=DOCKER_RETRY_AFTER,
-        )
-    if isinstance(e, DockerNotFound) and "image" in e.message.lower():
-        return FunctionFailed(
-            f"image {spec.image!r} of function {spec.name!r} is not on this host "
-            f"(Docker: {e.message}); pull or import it",
-            code="image_not_found",
-        )
-    if isinstance(e, DockerAPIError):
-        return FunctionFailed(f"Docker refused: {e}", code="docker_error")
-    return FunctionFailed(f"Docker failed: {e}", code="docker_error")
-
-
 class Invoker:
     """Runs calls. Owns no tasks: each call runs in its caller's task."""
 
@@ -86,12 +62,27 @@ class Invoker:
         identity: Identity,
         functions: Mapping[str, FunctionSpec],
         max_response: int,
+        memory: MemoryPool | None = None,
+        supervisors: Supervisors | None = None,
+        janitor: Janitor | None = None,
     ) -> None:
+        self.janitor = janitor
         self.docker = docker
         self.identity = identity
-        self.functions: Mapping[str, FunctionSpec] = dict(functions)
+        self.functions: dict[str, FunctionSpec] = dict(functions)
         self.max_response = max_response
+        self.memory = memory or MemoryPool(2**62)
+        self.supervisors = supervisors
         self.draining = False
+        self.rates: dict[str, InvokeRateLimiter] = {}
+        for spec in self.functions.values():
+            self._set_rate(spec)
+
+    def _set_rate(self, spec: FunctionSpec) -> None:
+        if spec.rate is None:
+            self.rates.pop(spec.name, None)
+        else:
+            self.rates[spec.name] = InvokeRateLimiter(spec.rate, name=spec.name)
 
     def lookup(self, name: str) -> FunctionSpec:
         spec = self.functions.get(name)
@@ -99,21 +90,65 @@ class Invoker:
             raise NotFound(f"no function named {name!r}", code="unknown_function")
         return spec
 
-    async def invoke(self, name: str, body: bytes, call_id: str, timings: Timings) -> CallResult:
+    async def invoke(
+        self,
+        name: str,
+        body: bytes,
+        call_id: str,
+        timings: Timings,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+    ) -> CallResult:
         """Run one call. Raises :class:`CallError` with the status the caller gets."""
         spec = self.lookup(name)
         if self.draining:
             raise Unavailable(
                 "kiln is draining: not taking new calls", code="draining", retry_after=5
             )
+        limiter = self.rates.get(name)
+        if limiter is not None:
+            limiter.check()
+        if spec.format == "http-stream":
+            return await self._invoke_hot(spec, body, call_id, timings, headers)
+        return await self._invoke_stdio(spec, body, call_id, timings)
+
+    async def _invoke_stdio(
+        self, spec: FunctionSpec, body: bytes, call_id: str, timings: Timings
+    ) -> CallResult:
         t0 = trio.current_time()
-        try:
-            output = await run_stdio(
-                self.docker, spec, self.identity, call_id, body, max_output=self.max_response
-            )
-        except DockerError as e:
-            raise docker_call_error(e, spec) from e
-        finally:
-            timings.run = trio.current_time() - t0
+        async with self.memory.reserve(spec.memory, owner=spec.name):
+            t1 = trio.current_time()
+            timings.queue = t1 - t0
             timings.cold = True
+            try:
+                output = await run_stdio(
+                    self.docker,
+                    spec,
+                    self.identity,
+                    call_id,
+                    body,
+                    max_output=self.max_response,
+                    janitor=self.janitor,
+                )
+            except DockerError as e:
+                raise docker_call_error(e, spec) from e
+            finally:
+                timings.run = trio.current_time() - t1
         return CallResult(200, output, [(b"content-type", b"application/octet-stream")])
+
+    async def _invoke_hot(
+        self,
+        spec: FunctionSpec,
+        body: bytes,
+        call_id: str,
+        timings: Timings,
+        headers: Iterable[tuple[bytes, bytes]],
+    ) -> CallResult:
+        pool = self.supervisors.pool(spec.name) if self.supervisors else None
+        if pool is None:
+            raise Unavailable(f"function {spec.name!r} has no supervisor running", retry_after=1)
+        result = await pool.invoke(call_id, body, headers)
+        timings.queue = result.queue
+        timings.start = result.start
+        timings.run = result.run
+        timings.cold = result.cold
+        return CallResult(result.status, result.body, result.headers)

@@ -27,6 +27,7 @@ from kiln.docker import (
 )
 from kiln.errors import CallError, CallTimeout, FunctionFailed
 from kiln.functions import FunctionSpec
+from kiln.janitor import Janitor
 from kiln.trioutil import open_nursery
 from kiln.units import format_size
 
@@ -142,6 +143,7 @@ async def run_stdio(
     body: bytes,
     *,
     max_output: int,
+    janitor: Janitor | None = None,
 ) -> bytes:
     """Run one ``stdio`` call in a fresh container; return its stdout.
 
@@ -184,16 +186,26 @@ async def run_stdio(
         return stdout
     finally:
         if cid is not None:
-            await remove_container(docker, cid, spec.name)
+            await remove_container(docker, cid, spec.name, janitor)
 
 
-async def remove_container(docker: DockerClient, cid: str, function: str) -> None:
-    """Remove a container, shielded from cancellation and bounded in time. Never raises."""
+async def remove_container(
+    docker: DockerClient, cid: str, function: str, janitor: Janitor | None = None
+) -> None:
+    """Remove a container, shielded from cancellation and bounded in time. Never raises.
+
+    If Docker cannot remove it now, the janitor (if given) keeps trying later.
+    """
     with trio.CancelScope(shield=True):
-        with trio.move_on_after(CLEANUP_TIMEOUT) as scope:
+        removed = False
+        with trio.move_on_after(CLEANUP_TIMEOUT):
             try:
                 await docker.remove(cid, force=True)
+                removed = True
             except DockerError as e:
                 log.error("could not remove container %s of %s: %s", cid[:12], function, e)
-        if scope.cancelled_caught:
-            log.error("removing container %s of %s timed out", cid[:12], function)
+        if not removed:
+            if janitor is not None:
+                janitor.remove_later(cid, function)
+            else:
+                log.error("container %s of %s was not removed", cid[:12], function)

@@ -73,9 +73,7 @@ def test_eof_inside_a_frame_is_an_error() -> None:
     st.lists(st.tuples(st.sampled_from([STDOUT, STDERR]), st.binary(max_size=300)), max_size=20),
     st.lists(st.integers(min_value=1, max_value=50), min_size=1, max_size=30),
 )
-def test_any_split_gives_the_same_frames(
-    frames: list[tuple[int, bytes]], cuts: list[int]
-) -> None:
+def test_any_split_gives_the_same_frames(frames: list[tuple[int, bytes]], cuts: list[int]) -> None:
     wire = b"".join(encode_frame(s, d) for s, d in frames)
     d = FrameDecoder()
     got: list[Frame] = []

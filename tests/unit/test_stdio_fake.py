@@ -25,11 +25,6 @@ FNS = functions(
 )
 
 
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 # ---- the pure mapping ---------------------------------------------------
 
 
@@ -60,7 +55,8 @@ def test_oom_says_raise_memory() -> None:
 
 def test_exit_137_without_oom_flag_still_hints_memory() -> None:
     err = outcome(spec(), ExitInfo(137, False, ""))
-    assert err is not None and err.code == "out_of_memory"
+    assert err is not None
+    assert err.code == "out_of_memory"
 
 
 def test_stderr_tail_keeps_last_lines() -> None:
@@ -74,7 +70,9 @@ def test_stderr_tail_keeps_last_lines() -> None:
 # ---- through the API, fake Docker ------------------------------------------
 
 
-async def test_echo_round_trip_and_container_removed(autojump_clock: trio.testing.MockClock) -> None:
+async def test_echo_round_trip_and_container_removed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with stack(FNS) as s:
         body = bytes(range(256)) * 4096  # 1 MiB
         reply = await request(s.app, "POST", "/invoke/echo", body)
@@ -188,11 +186,15 @@ async def test_docker_unreachable_503_and_daemon_keeps_going(
         assert (await request(s.app, "POST", "/invoke/echo", b"back")).body == b"back"
 
 
-async def test_caller_disconnect_cancels_and_removes(autojump_clock: trio.testing.MockClock) -> None:
+async def test_caller_disconnect_cancels_and_removes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with stack(FNS) as s:
         gone = trio.Event()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(partial(request, s.app, "POST", "/invoke/slow", b"x", disconnect=gone))
+            nursery.start_soon(
+                partial(request, s.app, "POST", "/invoke/slow", b"x", disconnect=gone)
+            )
             await trio.sleep(2)
             assert len(s.fake.containers) == 1
             gone.set()

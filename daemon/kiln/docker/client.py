@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -149,6 +149,7 @@ class DockerClient:
         socket_path: str = "/var/run/docker.sock",
         *,
         timeout: float = 30.0,
+        pool_size: int = 32,
         limiter: Limiter | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         connect: Connector | None = None,
@@ -161,6 +162,7 @@ class DockerClient:
             transport=self._transport,
             base_url=f"http://docker/v{API_VERSION}",
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            limits=httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size),
         )
         self._connect: Connector = connect or self._open_socket
 
@@ -368,6 +370,18 @@ class DockerClient:
         for frame in decoder.feed(response.content):
             (out if frame.stream == STDOUT else err).extend(frame.data)
         return bytes(out), bytes(err)
+
+    async def follow_logs(self, cid: str, on_frame: Callable[[Frame], None]) -> None:
+        """Hand each stdout/stderr frame to ``on_frame`` until the container exits.
+
+        Runs on a connection of its own; cancel it to stop following.
+        """
+        path = f"/containers/{cid}/logs?follow=1&stdout=1&stderr=1"
+        async with self._long("GET", path, operation="follow logs") as exchange:
+            decoder = FrameDecoder()
+            async for chunk in exchange.body_chunks():
+                for frame in decoder.feed(chunk):
+                    on_frame(frame)
 
     async def wait(self, cid: str, condition: str = "not-running") -> WaitResult:
         """Block until the container stops; its exit code. On its own connection.

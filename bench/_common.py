@@ -1,0 +1,110 @@
+"""Shared helpers for the benchmarks: start a kiln daemon subprocess, percentiles."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+BUSYBOX = "kiln-test/busybox:latest"
+PYTHON = "kiln-test/python:latest"
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    k = (len(s) - 1) * p / 100
+    lo = int(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(x)}" for k, x in v.items()) + " }"
+    return json.dumps(v)
+
+
+@contextmanager
+def kiln_daemon(
+    functions: dict[str, dict[str, Any]], **sections: dict[str, Any]
+) -> Iterator[tuple[str, subprocess.Popen[bytes], str]]:
+    """Start ``kiln daemon``; yields (base url, process, daemon id). Stops it on exit."""
+    port = free_port()
+    daemon_id = "bench" + secrets.token_hex(3)
+    cfg: dict[str, dict[str, Any]] = {
+        "daemon": {
+            "listen": f"127.0.0.1:{port}",
+            "id": daemon_id,
+            "log_level": "warning",
+            **sections.pop("daemon", {}),
+        },
+        **sections,
+    }
+    for name, fn in functions.items():
+        cfg[f"functions.{name}"] = fn
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kiln.toml"
+        lines = []
+        for section, table in cfg.items():
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {_toml(v)}" for k, v in table.items()]
+        path.write_text("\n".join(lines) + "\n")
+        env = {**os.environ}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kiln.cli", "daemon", "--config", str(path)],
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        ready = threading.Event()
+        log: list[str] = []
+
+        def reader() -> None:
+            assert proc.stderr is not None
+            for raw in proc.stderr:
+                line = raw.decode("utf-8", "replace").rstrip()
+                log.append(line)
+                if "invoke API listening on" in line:
+                    ready.set()
+            ready.set()
+
+        # the daemon logs at warning: ask for its listening line explicitly
+        threading.Thread(target=reader, daemon=True).start()
+        try:
+            _wait_port(port, proc, log)
+            yield f"http://127.0.0.1:{port}", proc, daemon_id
+        finally:
+            proc.terminate()
+            proc.wait(60)
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], log: list[str]) -> None:
+    import time
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit("kiln daemon exited:\n" + "\n".join(log))
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("kiln daemon did not start:\n" + "\n".join(log))

@@ -1,0 +1,84 @@
+"""Removes containers whose removal failed (Docker down, Docker slow), later.
+
+When a call's cleanup cannot remove its container — Docker is unreachable or
+not answering — the container id is handed here instead of being forgotten.
+The janitor's task sleeps on an event while it has nothing to do (idle means
+asleep) and, while it has work, retries with a backoff deadline (1 s doubling
+to 60 s) until Docker removes the container or says it is already gone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import trio
+
+from kiln.docker import DockerClient, DockerError
+
+log = logging.getLogger("kiln.janitor")
+
+BACKOFF_START = 1.0
+BACKOFF_MAX = 60.0
+
+
+@dataclass(frozen=True)
+class JanitorStatistics:
+    pending: int
+    removed_total: int
+    attempts_total: int
+
+
+class Janitor:
+    def __init__(self, docker: DockerClient) -> None:
+        self.docker = docker
+        self._pending: dict[str, str] = {}  # container id → function
+        self._wake = trio.Event()
+        self._empty = trio.Event()
+        self._empty.set()
+        self._removed_total = 0
+        self._attempts_total = 0
+
+    def remove_later(self, cid: str, function: str) -> None:
+        """Queue a container for removal (never blocks)."""
+        self._pending[cid] = function
+        if self._empty.is_set():
+            self._empty = trio.Event()
+        self._wake.set()
+
+    async def wait_empty(self) -> None:
+        """Return once nothing is left to remove."""
+        await self._empty.wait()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def statistics(self) -> JanitorStatistics:
+        return JanitorStatistics(len(self._pending), self._removed_total, self._attempts_total)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        backoff = BACKOFF_START
+        while True:
+            if not self._pending:
+                self._empty.set()
+                self._wake = trio.Event()
+                await self._wake.wait()
+                backoff = BACKOFF_START
+            failed = False
+            for cid, function in list(self._pending.items()):
+                self._attempts_total += 1
+                try:
+                    with trio.CancelScope(shield=True):
+                        await self.docker.remove(cid, force=True)
+                except DockerError as e:
+                    log.warning("still cannot remove container %s of %s: %s", cid[:12], function, e)
+                    failed = True
+                    break
+                del self._pending[cid]
+                self._removed_total += 1
+                log.info("removed left-over container %s of %s", cid[:12], function)
+            if failed:
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)

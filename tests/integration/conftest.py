@@ -1,0 +1,155 @@
+"""Integration fixtures: a real dockerd, the offline test images, and a real
+``kiln daemon`` subprocess with a config of the test's own.
+
+Docker missing: the tests fail when ``CI`` is set (CI must never go green by
+skipping them) and skip otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+DOCKER_SOCK = os.environ.get("KILN_TEST_DOCKER_SOCKET", "/var/run/docker.sock")
+BUSYBOX = "kiln-test/busybox:latest"
+PYTHON = "kiln-test/python:latest"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def docker_api() -> httpx.Client:
+    return httpx.Client(
+        transport=httpx.HTTPTransport(uds=DOCKER_SOCK), base_url="http://docker/v1.41", timeout=30
+    )
+
+
+def _missing(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} — integration tests must not be skipped in CI")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def docker() -> Iterator[httpx.Client]:
+    try:
+        client = docker_api()
+        client.get("/_ping").raise_for_status()
+    except (httpx.HTTPError, OSError) as e:
+        _missing(f"Docker is not reachable at {DOCKER_SOCK}: {e} (run scripts/setup.sh)")
+    for image in (BUSYBOX, PYTHON):
+        if client.get(f"/images/{image}/json").status_code != 200:
+            _missing(f"test image {image} is missing: run tests/images/build.sh")
+    yield client
+    client.close()
+
+
+def kiln_containers(docker: httpx.Client, daemon_id: str) -> list[dict[str, Any]]:
+    filters = json.dumps({"label": [f"kiln.daemon={daemon_id}"]})
+    response = docker.get("/containers/json", params={"all": "1", "filters": filters})
+    response.raise_for_status()
+    return list(response.json())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    return json.dumps(v)
+
+
+def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> None:
+    lines: list[str] = []
+    for section, table in sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[bytes]
+    url: str
+    daemon_id: str
+    log_lines: list[str] = field(default_factory=list)
+
+    def invoke(self, name: str, body: bytes = b"", **kw: Any) -> httpx.Response:
+        return httpx.post(f"{self.url}/invoke/{name}", content=body, timeout=120, **kw)
+
+    def log(self) -> str:
+        return "\n".join(self.log_lines)
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return self.proc.wait(timeout)
+
+
+@pytest.fixture
+def start_daemon(docker: httpx.Client, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Start ``kiln daemon`` with the given functions (and extra config sections)."""
+    daemons: list[Daemon] = []
+
+    def start(functions: dict[str, dict[str, Any]], **sections: dict[str, Any]) -> Daemon:
+        daemon_id = "t" + secrets.token_hex(4)
+        port = free_port()
+        config: dict[str, dict[str, Any]] = {
+            "daemon": {
+                "listen": f"127.0.0.1:{port}",
+                "id": daemon_id,
+                **sections.pop("daemon", {}),
+            },
+            "docker": {"socket": DOCKER_SOCK, **sections.pop("docker", {})},
+        }
+        for name, table in sections.items():
+            config[name] = table
+        for name, fn in functions.items():
+            config[f"functions.{name}"] = fn
+        path = tmp_path / f"{daemon_id}.toml"
+        write_config(path, config)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kiln.cli", "daemon", "--config", str(path)],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            cwd=REPO,
+        )
+        daemon = Daemon(proc, f"http://127.0.0.1:{port}", daemon_id)
+        daemons.append(daemon)
+        ready = threading.Event()
+
+        def read_log() -> None:
+            assert proc.stderr is not None
+            for raw in proc.stderr:
+                line = raw.decode("utf-8", "replace").rstrip()
+                daemon.log_lines.append(line)
+                if "invoke API listening on" in line:
+                    ready.set()
+            ready.set()  # the process ended: stop waiting
+
+        threading.Thread(target=read_log, daemon=True).start()
+        if not ready.wait(30) or proc.poll() is not None:
+            pytest.fail(f"kiln daemon did not start:\n{daemon.log()}")
+        return daemon
+
+    yield start
+    for daemon in daemons:
+        code = daemon.stop()
+        assert code == 0, f"daemon exited {code}:\n{daemon.log()}"
+        left = kiln_containers(docker, daemon.daemon_id)
+        assert left == [], f"containers left behind by daemon {daemon.daemon_id}: {left}"
