@@ -16,6 +16,7 @@ import time
 
 import psutil
 import trio
+import trio.testing
 
 from kiln.admission import MemoryPool
 from kiln.units import MiB
@@ -43,8 +44,8 @@ async def kiln_pool(n: int, hold: float) -> tuple[float, float]:
         await trio.sleep(0.01)
         for _ in range(n):
             nursery.start_soon(waiter)
-        while pool.statistics().waiting < n:  # setup only, before measuring
-            await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()
+        assert pool.statistics().waiting == n
         queued.set()
         cpu0 = proc.cpu_times()
         await trio.sleep(hold)
@@ -64,7 +65,7 @@ async def spinning_pool(n: int, hold: float) -> float:
     stop = trio.Event()
 
     async def waiter() -> None:
-        while free < 1 and not stop.is_set():
+        while free < 1 and not stop.is_set():  # noqa: ASYNC110  (the anti-pattern, on purpose)
             await trio.sleep(1e-6)
 
     async with trio.open_nursery() as nursery:

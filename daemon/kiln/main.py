@@ -15,23 +15,41 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
 
+from kiln.admission import MemoryPool
 from kiln.api import InvokeApp
 from kiln.config import Config
 from kiln.containers import Identity
 from kiln.docker import DockerClient, DockerError, DockerTimeout, DockerUnreachable
+from kiln.functions import FunctionSpec
+from kiln.hostmem import plan_capacity, read_host_resources
 from kiln.invoke import Invoker
+from kiln.janitor import Janitor
+from kiln.ratelimit import DockerLimiter
+from kiln.supervisors import Supervisors
+from kiln.units import format_size
 
 log = logging.getLogger("kiln.daemon")
 
 
 class FatalStartupError(Exception):
     """The daemon cannot run (e.g. a Docker engine too old)."""
+
+
+def check_functions_fit(functions: Iterable[FunctionSpec], capacity: int) -> None:
+    """A function whose memory can never fit is refused at load time, not at call time."""
+    for spec in functions:
+        if spec.memory > capacity:
+            raise FatalStartupError(
+                f"functions.{spec.name}.memory: {format_size(spec.memory)} can never fit: "
+                f"Kiln has {format_size(capacity)} for containers on this host ([limits] memory)"
+            )
 
 
 def hypercorn_config(listen: str, graceful_timeout: float) -> HyperConfig:
@@ -86,13 +104,46 @@ async def run_daemon(
         config.source,
     )
     shutdown = trio.Event()
-    async with DockerClient(config.docker.socket, timeout=config.docker.timeout) as docker:
+    plan = plan_capacity(read_host_resources(), cap=config.limits.memory)
+    log.info("memory for containers: %s", plan.explain())
+    check_functions_fit(config.functions.values(), plan.capacity)
+    limiter = DockerLimiter(
+        create_rate=config.docker.create_rate,
+        create_burst=config.docker.create_burst,
+        max_inflight=config.docker.max_inflight,
+    )
+    memory = MemoryPool(
+        plan.capacity,
+        queue_max=config.limits.queue_max,
+        queue_wait=config.limits.queue_wait,
+        async_fraction=config.limits.async_fraction,
+    )
+    async with DockerClient(
+        config.docker.socket,
+        timeout=config.docker.timeout,
+        limiter=limiter,
+        pool_size=config.docker.max_inflight,
+    ) as docker:
         await check_docker(docker)
+        janitor = Janitor(docker)
+        supervisors = Supervisors(
+            janitor=janitor,
+            docker=docker,
+            memory=memory,
+            identity=identity,
+            iofs_root=Path(config.daemon.run_dir) / "iofs" / identity.instance,
+            queue_max=config.limits.queue_max,
+            queue_wait=config.limits.queue_wait,
+        )
+        memory.evictor = supervisors
         invoker = Invoker(
             docker=docker,
             identity=identity,
             functions=config.functions,
             max_response=config.daemon.max_response,
+            memory=memory,
+            supervisors=supervisors,
+            janitor=janitor,
         )
         app = InvokeApp(invoker, max_body=config.daemon.max_body)
         hc = hypercorn_config(config.daemon.listen, config.daemon.drain_timeout)
@@ -111,6 +162,8 @@ async def run_daemon(
 
             if handle_signals:
                 root.start_soon(watch_signals, stop, root.cancel_scope.cancel)
+            await root.start(janitor.run)
+            await root.start(supervisors.run, config.functions)
             binds: list[str] = await root.start(serve_api)
             log.info("invoke API listening on %s", ", ".join(binds))
             task_status.started(binds)
