@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Everything a fresh Debian machine (as root) needs to run and test Kiln:
+# Docker (from Debian packages) installed and running, the venv with Kiln and
+# its dev tools, and the offline test images. Idempotent and quick on re-runs.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$REPO/.venv"
+SOCK=/var/run/docker.sock
+DOCKERD_LOG="${KILN_DOCKERD_LOG:-/tmp/kiln-dockerd.log}"
+
+log() { echo "[setup] $*"; }
+
+docker_answers() { curl -sf --max-time 2 --unix-socket "$SOCK" http://d/_ping >/dev/null 2>&1; }
+
+if ! command -v dockerd >/dev/null || ! command -v docker-init >/dev/null || ! [[ -x /bin/busybox ]] || ! command -v curl >/dev/null; then
+  log "installing docker.io, busybox-static, curl from Debian packages"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io busybox-static curl >/dev/null
+fi
+
+if ! docker_answers; then
+  log "starting dockerd (log: $DOCKERD_LOG)"
+  nohup dockerd >"$DOCKERD_LOG" 2>&1 &
+  for _ in $(seq 1 120); do
+    docker_answers && break
+    sleep 0.5
+  done
+  if ! docker_answers; then
+    log "dockerd did not answer on $SOCK within 60 s; last lines of its log:"
+    tail -n 30 "$DOCKERD_LOG" >&2 || true
+    exit 1
+  fi
+fi
+log "Docker $(docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})')"
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  log "creating venv $VENV"
+  python3 -m venv "$VENV"
+fi
+STAMP="$VENV/.kiln-installed"
+WANT="$(sha256sum "$REPO/pyproject.toml" | cut -c1-16)"
+if [[ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]]; then
+  log "installing kiln and its dev tools into the venv"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO[dev]"
+  echo "$WANT" >"$STAMP"
+fi
+
+bash "$REPO/tests/images/build.sh"
