@@ -1,0 +1,108 @@
+"""The supervisors nursery: one :class:`~kiln.pool.FunctionPool` per hot function.
+
+It is also the admission pool's *evictor*: asked for idle containers of other
+functions, it offers every pool's idle containers (the admission pool picks
+the oldest idle first and evicts only if that covers its shortfall).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import trio
+
+from kiln.admission import EvictionCandidate, MemoryPool
+from kiln.containers import Identity
+from kiln.docker import DockerClient
+from kiln.functions import FunctionSpec
+from kiln.janitor import Janitor
+from kiln.pool import FunctionPool, FunctionPoolStatistics
+
+log = logging.getLogger("kiln.supervisors")
+
+
+def _make_root(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True, mode=0o711)
+
+
+class Supervisors:
+    def __init__(
+        self,
+        *,
+        docker: DockerClient,
+        memory: MemoryPool,
+        identity: Identity,
+        iofs_root: Path,
+        queue_max: int,
+        queue_wait: float,
+        janitor: Janitor | None = None,
+    ) -> None:
+        self.janitor = janitor
+        self.docker = docker
+        self.memory = memory
+        self.identity = identity
+        self.iofs_root = iofs_root
+        self.queue_max = queue_max
+        self.queue_wait = queue_wait
+        self.pools: dict[str, FunctionPool] = {}
+        self._scopes: dict[str, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(
+        self,
+        functions: Mapping[str, FunctionSpec],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Start a supervisor per hot function; run until cancelled (then every container goes)."""
+        _make_root(self.iofs_root)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for spec in functions.values():
+                    if spec.format == "http-stream":
+                        await self.add(spec)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            shutil.rmtree(self.iofs_root, ignore_errors=True)
+
+    async def add(self, spec: FunctionSpec) -> FunctionPool:
+        """Start the supervisor of a hot function (it prewarms ``min_warm`` containers)."""
+        assert self._nursery is not None
+        pool = FunctionPool(
+            spec,
+            docker=self.docker,
+            memory=self.memory,
+            identity=self.identity,
+            iofs_root=self.iofs_root,
+            queue_max=self.queue_max,
+            queue_wait=self.queue_wait,
+            janitor=self.janitor,
+        )
+        scope = trio.CancelScope()
+        self.pools[spec.name] = pool
+        self._scopes[spec.name] = scope
+
+        async def supervise(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with scope:
+                await pool.run(task_status=task_status)
+
+        await self._nursery.start(supervise, name=f"supervisor {spec.name}")
+        return pool
+
+    def pool(self, name: str) -> FunctionPool | None:
+        return self.pools.get(name)
+
+    def candidates(self, exclude_owner: str) -> Sequence[EvictionCandidate]:
+        out: list[EvictionCandidate] = []
+        for name, pool in self.pools.items():
+            if name != exclude_owner:
+                out.extend(pool.eviction_candidates())
+        return out
+
+    def statistics(self) -> list[FunctionPoolStatistics]:
+        return [p.statistics() for p in self.pools.values()]
