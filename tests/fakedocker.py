@@ -26,6 +26,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import h11
@@ -34,6 +35,7 @@ import trio
 import trio.testing
 
 from kiln.docker.frames import STDERR, STDOUT, encode_frame
+from kiln.httpstream import FnProtocolError, FnResponse
 
 
 class Proc:
@@ -55,6 +57,12 @@ class Proc:
             out += chunk
         return bytes(out)
 
+    async def listen(self, handler: HotHandler) -> None:
+        """Bind the http-stream listener (the container becomes ready) and serve forever."""
+        self.container.handler = handler
+        self.container.listening.set()
+        await trio.sleep_forever()
+
     async def out(self, data: bytes) -> None:
         await self.container.emit(STDOUT, data)
 
@@ -63,6 +71,54 @@ class Proc:
 
 
 Program = Callable[[Proc], Awaitable[int]]
+HotHandler = Callable[
+    [list[tuple[bytes, bytes]], bytes], Awaitable[tuple[int, list[tuple[bytes, bytes]], bytes]]
+]
+
+
+async def _echo_handler(
+    headers: list[tuple[bytes, bytes]], body: bytes
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    await trio.sleep(0.01)  # 10 ms of work
+    return 200, [(b"Fn-Http-Status", b"200")], body
+
+
+async def hot_echo(proc: Proc) -> int:
+    await trio.sleep(0.3)  # start-up time
+    await proc.listen(_echo_handler)
+    return 0
+
+
+async def hot_slow(proc: Proc) -> int:
+    async def handler(
+        headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        await trio.sleep(5)
+        return 200, [], body
+
+    await trio.sleep(0.3)
+    await proc.listen(handler)
+    return 0
+
+
+async def hot_500(proc: Proc) -> int:
+    async def handler(
+        headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        return 500, [], b"oops"
+
+    await proc.listen(handler)
+    return 0
+
+
+async def hot_never_binds(proc: Proc) -> int:
+    await trio.sleep(3600)
+    return 0
+
+
+async def hot_exits(proc: Proc) -> int:
+    await proc.err(b"cannot load model\n")
+    return 3
 
 
 async def cat(proc: Proc) -> int:
@@ -108,6 +164,11 @@ DEFAULT_PROGRAMS: dict[str, Program] = {
     "slowcat": slow_cat,
     "oom": oom,
     "dies": dies,
+    "hot_echo": hot_echo,
+    "hot_slow": hot_slow,
+    "hot_500": hot_500,
+    "hot_never_binds": hot_never_binds,
+    "hot_exits": hot_exits,
 }
 
 
@@ -123,6 +184,8 @@ class FakeContainer:
     exited: trio.Event = field(default_factory=trio.Event)
     attach_streams: list[trio.abc.HalfCloseableStream] = field(default_factory=list)
     scope: trio.CancelScope | None = None
+    handler: HotHandler | None = None
+    listening: trio.Event = field(default_factory=trio.Event)
 
     def __post_init__(self) -> None:
         self.stdin_send, self.stdin_recv = trio.open_memory_channel[bytes](64)
@@ -457,3 +520,59 @@ class FakeDocker:
             await c.exited.wait()
         except trio.ClosedResourceError:
             pass
+
+
+class FakeConnection:
+    """A keep-alive connection to a fake hot container: calls its handler."""
+
+    def __init__(self, container: FakeContainer) -> None:
+        self.container = container
+
+    async def call(self, headers: list[tuple[bytes, bytes]], body: bytes) -> FnResponse:
+        c = self.container
+        if c.state != "running" or c.handler is None:
+            raise FnProtocolError("connection reset by peer")
+        async with trio.open_nursery() as nursery:
+            result: list[tuple[int, list[tuple[bytes, bytes]], bytes]] = []
+
+            async def run() -> None:
+                assert c.handler is not None
+                result.append(await c.handler(headers, body))
+                nursery.cancel_scope.cancel()
+
+            async def died() -> None:
+                await c.exited.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run)
+            nursery.start_soon(died)
+        if not result:
+            raise FnProtocolError("the function closed the connection")
+        status, resp_headers, resp_body = result[0]
+        return FnResponse(status, resp_headers, resp_body)
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+class FakeTransport:
+    """The pool's listener seam for the fake engine: ready when the program listens."""
+
+    def __init__(self, fake: FakeDocker) -> None:
+        self.fake = fake
+
+    def _container_for(self, iofs: Path) -> FakeContainer:
+        for c in self.fake.containers.values():
+            binds = (c.config.get("HostConfig") or {}).get("Binds") or []
+            if f"{iofs}:/tmp/iofs" in binds:
+                return c
+        raise AssertionError(f"no container binds {iofs}")
+
+    async def wait_ready(self, iofs: Path) -> Path:
+        c = self._container_for(iofs)
+        await c.listening.wait()
+        return Path("/fake") / c.id
+
+    async def connect(self, socket_path: Path) -> FakeConnection:
+        await trio.lowlevel.checkpoint()
+        return FakeConnection(self.fake.containers[socket_path.name])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,8 +18,9 @@ from kiln.docker import DockerClient
 from kiln.functions import FunctionSpec
 from kiln.invoke import Invoker
 from kiln.janitor import Janitor
+from kiln.supervisors import Supervisors
 from kiln.units import GiB
-from tests.fakedocker import FakeDocker
+from tests.fakedocker import FakeDocker, FakeTransport
 
 
 def functions(**tables: Mapping[str, object]) -> dict[str, FunctionSpec]:
@@ -33,6 +35,7 @@ class Stack:
     janitor: Janitor
     invoker: Invoker
     app: InvokeApp
+    supervisors: Supervisors
 
 
 def kiln_tasks() -> list[str]:
@@ -62,7 +65,6 @@ async def stack(
     capacity: int = 4 * GiB,
     queue_max: int = 100,
     queue_wait: float = 10.0,
-    iofs_root: Path | None = None,
 ) -> AsyncIterator[Stack]:
     async with (
         FakeDocker() as fake,
@@ -70,17 +72,37 @@ async def stack(
     ):
         memory = MemoryPool(capacity, queue_max=queue_max, queue_wait=queue_wait)
         janitor = Janitor(docker)
+        identity = Identity("test")
+        supervisors = Supervisors(
+            docker=docker,
+            memory=memory,
+            identity=identity,
+            iofs_root=Path(tempfile.mkdtemp(prefix="kiln-iofs-")),
+            queue_max=queue_max,
+            queue_wait=queue_wait,
+            janitor=janitor,
+            transport=FakeTransport(fake),
+        )
+        memory.evictor = supervisors
         invoker = Invoker(
             docker=docker,
-            identity=Identity("test"),
+            identity=identity,
             functions=fns,
             max_response=1 << 20,
             memory=memory,
+            supervisors=supervisors,
             janitor=janitor,
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(janitor.run)
+            await nursery.start(supervisors.run, fns)
             yield Stack(
-                fake, docker, memory, janitor, invoker, InvokeApp(invoker, max_body=max_body)
+                fake,
+                docker,
+                memory,
+                janitor,
+                invoker,
+                InvokeApp(invoker, max_body=max_body),
+                supervisors,
             )
             nursery.cancel_scope.cancel()

@@ -33,6 +33,8 @@ from kiln.invoke import Invoker
 from kiln.janitor import Janitor
 from kiln.ratelimit import DockerLimiter
 from kiln.supervisors import Supervisors
+from kiln.sweep import sweep_orphans
+from kiln.systemd import Notifier
 from kiln.units import format_size
 
 log = logging.getLogger("kiln.daemon")
@@ -147,11 +149,13 @@ async def run_daemon(
         )
         app = InvokeApp(invoker, max_body=config.daemon.max_body)
         hc = hypercorn_config(config.daemon.listen, config.daemon.drain_timeout)
+        notifier = Notifier()
         async with trio.open_nursery() as root:
 
             def stop() -> None:
                 invoker.draining = True
                 shutdown.set()
+                root.start_soon(notifier.stopping)
 
             async def serve_api(task_status: trio.TaskStatus[list[str]]) -> None:
                 # Returns once shutdown is set and calls in flight are done (or
@@ -163,8 +167,15 @@ async def run_daemon(
             if handle_signals:
                 root.start_soon(watch_signals, stop, root.cancel_scope.cancel)
             await root.start(janitor.run)
+            root.start_soon(sweep_orphans, docker, identity)
             await root.start(supervisors.run, config.functions)
             binds: list[str] = await root.start(serve_api)
             log.info("invoke API listening on %s", ", ".join(binds))
+            await root.start(notifier.watchdog)
+            await notifier.ready(
+                f"serving {len(config.functions)} function(s) on {', '.join(binds)}; "
+                f"{format_size(plan.capacity)} for containers"
+            )
             task_status.started(binds)
+        notifier.close()
     log.info("kiln stopped")

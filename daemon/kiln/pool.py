@@ -33,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 from pathlib import Path
 
 import trio
@@ -62,6 +63,38 @@ def make_iofs_dir(path: Path) -> None:
     path.chmod(0o777)
 
 
+class HotResponse(Protocol):
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+class HotConnection(Protocol):
+    """One keep-alive connection to a container's listener."""
+
+    async def call(self, headers: list[tuple[bytes, bytes]], body: bytes) -> HotResponse: ...
+
+    async def aclose(self) -> None: ...
+
+
+class ListenerTransport(Protocol):
+    """How a supervisor learns a container is ready and talks to it (the seam for tests)."""
+
+    async def wait_ready(self, iofs: Path) -> Path: ...
+
+    async def connect(self, socket_path: Path) -> HotConnection: ...
+
+
+class UnixTransport:
+    """The real one: inotify on the bind-mounted dir, HTTP/1.1 over the Unix socket."""
+
+    async def wait_ready(self, iofs: Path) -> Path:
+        return await wait_for_listener(iofs)
+
+    async def connect(self, socket_path: Path) -> HotConnection:
+        return await FnConnection.open(socket_path)
+
+
 class State(enum.Enum):
     STARTING = "starting"
     IDLE = "idle"
@@ -82,7 +115,7 @@ class HotContainer:
     idle_since: float = 0.0
     calls: int = 0
     current_call: str | None = None
-    conn: FnConnection | None = None
+    conn: HotConnection | None = None
     reservation: Reservation | None = None
     retire: trio.Event = field(default_factory=trio.Event)
     idle_scope: trio.CancelScope | None = None
@@ -156,8 +189,10 @@ class FunctionPool:
         queue_max: int = 100,
         queue_wait: float = 10.0,
         janitor: Janitor | None = None,
+        transport: ListenerTransport | None = None,
     ) -> None:
         self.janitor = janitor
+        self.transport: ListenerTransport = transport or UnixTransport()
         self.spec = spec
         self.docker = docker
         self.memory = memory
@@ -516,7 +551,7 @@ class FunctionPool:
                 async def listener() -> None:
                     nonlocal socket_path, invalid
                     try:
-                        socket_path = await wait_for_listener(iofs)
+                        socket_path = await self.transport.wait_ready(iofs)
                     except ListenerInvalid as e:
                         invalid = e
                     race.cancel_scope.cancel()
@@ -548,7 +583,7 @@ class FunctionPool:
                 )
         assert socket_path is not None
         try:
-            c.conn = await FnConnection.open(socket_path)
+            c.conn = await self.transport.connect(socket_path)
         except (OSError, FnProtocolError) as e:
             raise FunctionFailed(
                 f"function {spec.name!r}: cannot connect to its listener: {e}", code="start_failed"

@@ -19,7 +19,7 @@ from kiln.containers import Identity
 from kiln.docker import DockerClient
 from kiln.functions import FunctionSpec
 from kiln.janitor import Janitor
-from kiln.pool import FunctionPool, FunctionPoolStatistics
+from kiln.pool import FunctionPool, FunctionPoolStatistics, ListenerTransport
 
 log = logging.getLogger("kiln.supervisors")
 
@@ -39,8 +39,10 @@ class Supervisors:
         queue_max: int,
         queue_wait: float,
         janitor: Janitor | None = None,
+        transport: ListenerTransport | None = None,
     ) -> None:
         self.janitor = janitor
+        self.transport = transport
         self.docker = docker
         self.memory = memory
         self.identity = identity
@@ -82,6 +84,7 @@ class Supervisors:
             queue_max=self.queue_max,
             queue_wait=self.queue_wait,
             janitor=self.janitor,
+            transport=self.transport,
         )
         scope = trio.CancelScope()
         self.pools[spec.name] = pool

@@ -153,3 +153,15 @@ def start_daemon(docker: httpx.Client, tmp_path: Path) -> Iterator[Callable[...,
         assert code == 0, f"daemon exited {code}:\n{daemon.log()}"
         left = kiln_containers(docker, daemon.daemon_id)
         assert left == [], f"containers left behind by daemon {daemon.daemon_id}: {left}"
+
+
+def docker_events(
+    docker: httpx.Client, daemon_id: str, since: float, until: float
+) -> list[dict[str, Any]]:
+    """Container events of one daemon's containers between two wall-clock times."""
+    filters = json.dumps({"label": [f"kiln.daemon={daemon_id}"], "type": ["container"]})
+    response = docker.get(
+        "/events", params={"since": f"{since:.3f}", "until": f"{until:.3f}", "filters": filters}
+    )
+    response.raise_for_status()
+    return [json.loads(line) for line in response.text.splitlines() if line.strip()]
