@@ -108,3 +108,56 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], log: list[str]) -> None
         except OSError:
             time.sleep(0.05)
     raise SystemExit("kiln daemon did not start:\n" + "\n".join(log))
+
+
+class KeepAliveClient:
+    """A lean HTTP/1.1 keep-alive client (h11 over Trio TCP), so client overhead
+    does not dominate latency figures. One request at a time."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.stream: Any = None
+        self.conn: Any = None
+
+    async def request(self, path: str, body: bytes) -> tuple[int, bytes]:
+        import h11
+        import trio
+
+        if self.stream is None:
+            self.stream = await trio.open_tcp_stream(self.host, self.port)
+            self.conn = h11.Connection(h11.CLIENT)
+        conn = self.conn
+        data = conn.send(
+            h11.Request(
+                method="POST",
+                target=path,
+                headers=[("Host", self.host), ("Content-Length", str(len(body)))],
+            )
+        )
+        data += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
+        await self.stream.send_all(data)
+        status = 0
+        out = bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await self.stream.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                out += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                raise RuntimeError(f"unexpected {event!r}")
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+        else:
+            await self.stream.aclose()
+            self.stream = None
+        return status, bytes(out)
+
+    async def aclose(self) -> None:
+        if self.stream is not None:
+            await self.stream.aclose()

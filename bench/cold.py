@@ -14,7 +14,7 @@ import time
 import httpx
 import trio
 
-from bench._common import BUSYBOX, kiln_daemon, percentile
+from _common import BUSYBOX, kiln_daemon, percentile
 from kiln.docker import DockerClient
 
 HARDENED = {

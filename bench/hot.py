@@ -1,0 +1,164 @@
+"""Hot-call benchmark: the same FDK echo function called (a) directly over its
+container's Unix socket and (b) through Kiln's POST /invoke, in one run.
+
+    python bench/hot.py [--seconds 5]
+
+Prints p50/p99 latency at 1 client and calls/s at 1, 8 and 64 concurrent
+clients, with the Kiln/direct ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from urllib.parse import urlparse
+
+import trio
+
+from _common import PYTHON, KeepAliveClient, kiln_daemon, percentile
+from kiln.docker import DockerClient
+from kiln.fncontract import call_request_headers, container_env
+from kiln.httpstream import FnConnection
+from kiln.readiness import wait_for_listener
+
+BODY = b"hello kiln " * 10
+Call = Callable[[], Awaitable[None]]
+
+
+async def run_clients(
+    make_call: Callable[[], Awaitable[Call]], clients: int, seconds: float
+) -> tuple[int, list[float]]:
+    """`clients` concurrent loops for `seconds`; returns (calls done, latencies)."""
+    latencies: list[float] = []
+    done = 0
+    deadline = trio.current_time() + seconds
+
+    async def loop() -> None:
+        nonlocal done
+        call = await make_call()
+        while trio.current_time() < deadline:
+            t0 = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - t0)
+            done += 1
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(clients):
+            nursery.start_soon(loop)
+    return done, latencies
+
+
+async def direct_container(tmp: Path) -> tuple[DockerClient, str, Path]:
+    docker = DockerClient()
+    iofs = tmp / "iofs"
+    iofs.mkdir()
+    iofs.chmod(0o777)
+    cid = await docker.create_container(
+        {
+            "Image": PYTHON,
+            "Cmd": ["python3", "/fn/echo_fdk.py"],
+            "Env": [f"{k}={v}" for k, v in container_env("echo", 64 << 20, {}).items()],
+            "HostConfig": {
+                "Binds": [f"{iofs}:/tmp/iofs"],
+                "Init": True,
+                "ReadonlyRootfs": True,
+                "Tmpfs": {"/tmp": "rw"},
+                "Memory": 64 << 20,
+                "MemorySwap": 64 << 20,
+                "CapDrop": ["ALL"],
+                "NetworkMode": "none",
+            },
+        }
+    )
+    await docker.start(cid)
+    with trio.fail_after(10):
+        sock = await wait_for_listener(iofs)
+    return docker, cid, sock
+
+
+async def measure(seconds: float) -> dict[str, dict[str, float]]:
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        docker, cid, sock = await direct_container(Path(tmpdir))
+        try:
+
+            async def make_direct() -> Call:
+                conn = await FnConnection.open(sock)
+
+                async def call() -> None:
+                    r = await conn.call(call_request_headers("bench", time.time() + 30, []), BODY)
+                    assert r.status == 200 and r.body == BODY
+
+                return call
+
+            results["direct"] = await series(make_direct, seconds)
+        finally:
+            await docker.remove(cid)
+            await docker.aclose()
+    return results
+
+
+async def series(make_call: Callable[[], Awaitable[Call]], seconds: float) -> dict[str, float]:
+    out: dict[str, float] = {}
+    await run_clients(make_call, 1, 0.5)  # warm-up
+    n, lat = await run_clients(make_call, 1, seconds)
+    out["p50"] = percentile(lat, 50) * 1000
+    out["p99"] = percentile(lat, 99) * 1000
+    out["c1"] = n / seconds
+    for c in (8, 64):
+        n, _ = await run_clients(make_call, c, seconds)
+        out[f"c{c}"] = n / seconds
+    return out
+
+
+async def measure_kiln(url: str, seconds: float) -> dict[str, float]:
+    u = urlparse(url)
+    assert u.hostname is not None and u.port is not None
+
+    async def make_kiln() -> Call:
+        client = KeepAliveClient(u.hostname or "", u.port or 0)
+
+        async def call() -> None:
+            status, body = await client.request("/invoke/echo", BODY)
+            assert status == 200 and body == BODY, (status, body[:200])
+
+        return call
+
+    return await series(make_kiln, seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    results = trio.run(measure, args.seconds)
+    fns = {
+        "echo": {
+            "image": PYTHON,
+            "cmd": ["python3", "/fn/echo_fdk.py"],
+            "format": "http-stream",
+            "memory": "64MiB",
+            "max_containers": 8,
+            "idle_timeout": 600,
+        }
+    }
+    with kiln_daemon(fns) as (url, _proc, _id):
+        results["kiln"] = trio.run(measure_kiln, url, args.seconds)
+    d, k = results["direct"], results["kiln"]
+    print(f"hot FDK echo ({len(BODY)} B body), {args.seconds:g} s per figure")
+    print(f"{'':10}{'p50 ms':>9}{'p99 ms':>9}{'1 cl/s':>9}{'8 cl/s':>9}{'64 cl/s':>9}")
+    for label, r in (("direct", d), ("kiln", k)):
+        print(
+            f"{label:10}{r['p50']:9.2f}{r['p99']:9.2f}{r['c1']:9.0f}{r['c8']:9.0f}{r['c64']:9.0f}"
+        )
+    print(
+        f"{'kiln/dir':10}{k['p50'] / d['p50']:8.2f}x{k['p99'] / d['p99']:8.2f}x"
+        f"{k['c1'] / d['c1']:8.2f}x{k['c8'] / d['c8']:8.2f}x{k['c64'] / d['c64']:8.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
