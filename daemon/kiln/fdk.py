@@ -1,6 +1,7 @@
-"""A tiny Python FDK for Kiln's (and Fn's) ``http-stream`` contract. Stdlib only.
+"""A tiny Python FDK for the Fn ``http-stream`` contract (Kiln's hot functions).
 
-Copy this one file into your function's image next to your code::
+One file, standard library only, Python >= 3.8; it imports nothing from Kiln.
+Put it next to your code in the function's image::
 
     import fdk
 
@@ -10,99 +11,359 @@ Copy this one file into your function's image next to your code::
     if __name__ == "__main__":
         fdk.serve(handle)
 
-``handle`` gets the request body and headers (lower-case names) and returns
-the response body, or a tuple ``(status, headers_dict, body)``. An exception
-becomes a 502 with the error's last line. The FDK binds ``phony<random>.sock``
-in the dir of ``FN_LISTENER``, makes it world-writable, then symlinks
-``lsnr.sock`` to it (relatively), which is how Kiln knows it is ready.
+``handle(body, headers)`` gets the request body and a dict of the request's
+headers (lowercase names; repeated headers joined with ``", "``; values decoded
+as Latin-1, as HTTP/1.1 defines). It returns the response body (``bytes``,
+``str`` — sent as UTF-8 — or ``None``), or a tuple ``(status, headers, body)``
+for the caller-facing status and headers. An exception becomes a 502 whose
+body is the traceback's last line (the whole traceback goes to stderr).
+
+What it does, per the contract:
+
+* reads ``FN_LISTENER`` (``unix:/tmp/iofs/lsnr.sock``), binds
+  ``phony<random>.sock`` in that dir, listens, makes it mode 0666, then
+  symlinks ``lsnr.sock -> phony<random>.sock`` (relative): the name appears only
+  once the socket accepts connections, which is how the runner knows it is ready;
+* serves HTTP/1.1 keep-alive ``POST /call`` (``Content-Length`` or chunked
+  bodies), one thread per connection;
+* answers 200 with ``Fn-Http-Status: <status>``, ``Fn-Http-H-<name>: <value>``
+  for each of the function's headers (``Content-Type`` is sent as itself),
+  502 when ``handle`` raised, and 504 — without calling ``handle`` — when the
+  call's ``Fn-Deadline`` has already passed.
 """
 
 from __future__ import annotations
 
-import http.server
+import calendar
+import contextlib
+import http
 import os
+import re
 import secrets
-import socketserver
+import socket
 import sys
+import threading
+import time
 import traceback
-from typing import Any, Callable, Dict, Tuple, Union  # noqa: UP035  (runs on Python >= 3.8)
+from typing import TYPE_CHECKING
 
-Result = Union[bytes, str, Tuple[int, Dict[str, str], Union[bytes, str]]]  # noqa: UP006, UP007
-Handler = Callable[[bytes, Dict[str, str]], Result]  # noqa: UP006
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import BinaryIO
 
+    Body = bytes | str | None
+    Result = Body | tuple[int, Mapping[str, str] | None, Body]
+    Handler = Callable[[bytes, dict[str, str]], Result]
 
-def _to_bytes(value: bytes | str) -> bytes:
-    return value if isinstance(value, bytes) else value.encode()
+__all__ = [
+    "BadRequest",
+    "Request",
+    "bind_listener",
+    "listener_path",
+    "parse_deadline",
+    "read_request",
+    "serve",
+    "serve_socket",
+    "write_response",
+]
 
-
-def _make_request_handler(handle: Handler) -> type[http.server.BaseHTTPRequestHandler]:
-    class CallHandler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:  # quiet: Kiln logs calls
-            pass
-
-        def address_string(self) -> str:  # Unix sockets have no client address
-            return "kiln"
-
-        def _reply(self, status: int, headers: dict[str, str], body: bytes) -> None:
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            if self.path != "/call":
-                self._reply(404, {}, b"not found")
-                return
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            try:
-                result = handle(body, headers)
-            except Exception as e:
-                last = traceback.format_exception_only(type(e), e)[-1].strip()
-                print(traceback.format_exc(), file=sys.stderr, flush=True)
-                self._reply(502, {"Content-Type": "text/plain"}, last.encode())
-                return
-            status: int = 200
-            out_headers: dict[str, str] = {}
-            out: Any = result
-            if isinstance(result, tuple):
-                status, out_headers, out = result
-            fn_headers = {"Fn-Http-Status": str(status)}
-            for k, v in out_headers.items():
-                if k.lower() == "content-type":
-                    fn_headers["Content-Type"] = v
-                else:
-                    fn_headers["Fn-Http-H-" + k] = v
-            self._reply(200, fn_headers, _to_bytes(out))
-
-    return CallHandler
+MAX_LINE = 65536
+MAX_HEADERS = 256
+_COALESCE = 65536
+_HEX = b"0123456789abcdefABCDEF"
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_DEADLINE = re.compile(
+    r"^(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(\.\d+)?(?:([Zz])|([+-])(\d\d):(\d\d))$"
+)
 
 
-class _UnixServer(socketserver.ThreadingUnixStreamServer):
-    daemon_threads = True
+class BadRequest(Exception):
+    """The peer sent something that is not HTTP/1.1 we understand; the connection is closed."""
 
 
-def listener_dir() -> str:
-    listener = os.environ.get("FN_LISTENER", "")
-    if not listener.startswith("unix:"):
-        raise SystemExit(f"fdk: FN_LISTENER must be unix:/path, got {listener!r}")
-    return os.path.dirname(listener[len("unix:") :])
+class Request:
+    """One parsed request: ``method``, ``target``, ``version``, ``headers`` (lowercase), ``body``."""
+
+    __slots__ = ("body", "headers", "keep_alive", "method", "target", "version")
+
+    def __init__(
+        self, method: str, target: str, version: str, headers: dict[str, str], body: bytes
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.body = body
+        tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+        if version == "HTTP/1.1":
+            self.keep_alive = "close" not in tokens
+        else:
+            self.keep_alive = "keep-alive" in tokens
 
 
-def serve(handle: Handler) -> None:
-    """Bind the listener (phony socket + relative symlink) and serve calls forever."""
-    directory = listener_dir()
+# ---- the listener ------------------------------------------------------------
+
+
+def listener_path(url: str | None = None) -> str:
+    """The socket path in ``FN_LISTENER`` (or ``url``): ``unix:/path`` or ``unix:///path``."""
+    if url is None:
+        url = os.environ.get("FN_LISTENER", "")
+    if not url.startswith("unix:/"):
+        raise SystemExit(f"fdk: FN_LISTENER must be unix:/path/lsnr.sock, got {url!r}")
+    return "/" + url[len("unix:") :].lstrip("/")
+
+
+def bind_listener(path: str, backlog: int = 16) -> socket.socket:
+    """Bind and listen on ``phony<random>.sock`` beside ``path``, then symlink ``path`` to it.
+
+    The symlink is relative and made last, so ``path`` appears only once the
+    socket accepts connections.
+    """
+    directory, link_name = os.path.split(path)
     phony = f"phony{secrets.token_hex(4)}.sock"
     phony_path = os.path.join(directory, phony)
-    server = _UnixServer(phony_path, _make_request_handler(handle))
-    os.chmod(phony_path, 0o666)
-    os.symlink(phony, os.path.join(directory, "lsnr.sock"))
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        server.serve_forever()
+        sock.bind(phony_path)
+        sock.listen(backlog)
+        os.chmod(phony_path, 0o666)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a stale link from an earlier run in the same dir
+        os.symlink(phony, os.path.join(directory, link_name))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+# ---- HTTP/1.1, just enough ---------------------------------------------------------
+
+
+def _read_line(rfile: BinaryIO) -> bytes:
+    line = rfile.readline(MAX_LINE + 1)
+    if len(line) > MAX_LINE:
+        raise BadRequest("line too long")
+    return line
+
+
+def _read_chunked(rfile: BinaryIO) -> bytes:
+    chunks = []
+    while True:
+        line = _read_line(rfile)
+        if not line.endswith(b"\n"):
+            raise BadRequest("connection closed in a chunked body")
+        size_field = line.split(b";", 1)[0].strip()
+        if not size_field or size_field.strip(_HEX):
+            raise BadRequest(f"bad chunk size {size_field!r}")
+        size = int(size_field, 16)
+        if size == 0:
+            break
+        data = rfile.read(size)
+        if len(data) != size or _read_line(rfile) not in (b"\r\n", b"\n"):
+            raise BadRequest("bad chunk")
+        chunks.append(data)
+    while True:  # trailers: read and dropped
+        line = _read_line(rfile)
+        if not line:
+            raise BadRequest("connection closed in the trailers")
+        if line in (b"\r\n", b"\n"):
+            return b"".join(chunks)
+
+
+def read_request(rfile: BinaryIO, sock: socket.socket | None = None) -> Request | None:
+    """Read one request from a buffered socket file; ``None`` when the peer closed between requests.
+
+    With ``sock``, a request with ``Expect: 100-continue`` gets its ``100 Continue`` before
+    the body is read.
+    """
+    line = _read_line(rfile)
+    while line in (b"\r\n", b"\n"):  # RFC 9112 §2.2: ignore blank lines before a request
+        line = _read_line(rfile)
+    if not line:
+        return None
+    parts = line.decode("latin-1").split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise BadRequest(f"bad request line {line[:100]!r}")
+    method, target, version = parts
+    headers: dict[str, str] = {}
+    for _ in range(MAX_HEADERS):
+        line = _read_line(rfile)
+        if line in (b"\r\n", b"\n"):
+            break
+        if not line.endswith(b"\n"):
+            raise BadRequest("connection closed in the headers")
+        name, sep, value = line.decode("latin-1").partition(":")
+        if not sep or not _TOKEN.match(name):
+            raise BadRequest(f"bad header line {line[:100]!r}")
+        name = name.lower()
+        value = value.strip()
+        headers[name] = headers[name] + ", " + value if name in headers else value
+    else:
+        raise BadRequest("too many headers")
+    if sock is not None and headers.get("expect", "").lower() == "100-continue":
+        sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+    if "transfer-encoding" in headers:
+        if headers["transfer-encoding"].lower() != "chunked":
+            raise BadRequest(f"unsupported transfer-encoding {headers['transfer-encoding']!r}")
+        body = _read_chunked(rfile)
+    else:
+        length = headers.get("content-length", "0")
+        if not length.isdigit():
+            raise BadRequest(f"bad content-length {length!r}")
+        n = int(length)
+        body = rfile.read(n) if n else b""
+        if len(body) != n:
+            raise BadRequest("connection closed in the body")
+    return Request(method, target, version, headers, body)
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return f"Status {status}"
+
+
+def write_response(
+    sock: socket.socket,
+    status: int,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    keep_alive: bool = True,
+) -> None:
+    """Send one HTTP/1.1 response with a ``Content-Length`` body."""
+    lines = [f"HTTP/1.1 {status} {_reason(status)}"]
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    lines.append(f"Content-Length: {len(body)}")
+    if not keep_alive:
+        lines.append("Connection: close")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    if len(body) <= _COALESCE:
+        sock.sendall(head + body)
+    else:
+        sock.sendall(head)
+        sock.sendall(body)
+
+
+# ---- the contract ----------------------------------------------------------------
+
+
+def parse_deadline(value: str | None) -> float | None:
+    """``Fn-Deadline`` (RFC 3339) → Unix seconds; ``None`` if missing or unparsable."""
+    if not value:
+        return None
+    m = _DEADLINE.match(value.strip())
+    if m is None:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+    try:
+        seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    except (ValueError, OverflowError):
+        return None
+    fraction = float("0" + m.group(7)) if m.group(7) else 0.0
+    offset = 0
+    if m.group(9):
+        offset = (int(m.group(10)) * 60 + int(m.group(11))) * 60
+        if m.group(9) == "-":
+            offset = -offset
+    return seconds + fraction - offset
+
+
+def _check_header(name: str, value: str) -> None:
+    if not _TOKEN.match(name):
+        raise ValueError(f"bad response header name {name!r}")
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"response header {name!r} has a line break in its value")
+    value.encode("latin-1")  # UnicodeEncodeError (a ValueError) if it cannot be sent
+
+
+def _to_bytes(body: Body) -> bytes:
+    if body is None:
+        return b""
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, (bytearray, memoryview)):
+        return bytes(body)
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    raise TypeError(f"a function must return bytes, str or None, not {type(body).__name__}")
+
+
+def _call(handle: Handler, request: Request) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Run ``handle`` and wrap its answer in the contract: (HTTP status, headers, body)."""
+    deadline = parse_deadline(request.headers.get("fn-deadline"))
+    if deadline is not None and deadline <= time.time():
+        return (
+            504,
+            [("Content-Type", "text/plain")],
+            b"the call's deadline passed before it started",
+        )
+    try:
+        result = handle(request.body, request.headers)
+        status: object = 200
+        fn_headers: Mapping[str, str] | None = None
+        body: Body
+        if isinstance(result, tuple):
+            if len(result) != 3:
+                raise TypeError("a function's tuple answer must be (status, headers, body)")
+            status, fn_headers, body = result
+        else:
+            body = result
+        if not isinstance(status, int) or not 200 <= status <= 599:
+            raise ValueError(f"a function's status must be an int in 200..599, not {status!r}")
+        out = [("Fn-Http-Status", str(status))]
+        for name, value in (fn_headers or {}).items():
+            value = str(value)
+            _check_header(name, value)
+            if name.lower() == "content-type":
+                out.append(("Content-Type", value))
+            else:
+                out.append(("Fn-Http-H-" + name, value))
+        return 200, out, _to_bytes(body)
+    except Exception as e:
+        traceback.print_exc(file=sys.stderr)
+        sys.stderr.flush()
+        last = traceback.format_exception_only(type(e), e)[-1].strip()
+        return 502, [("Content-Type", "text/plain; charset=utf-8")], last.encode("utf-8", "replace")
+
+
+def _serve_connection(conn: socket.socket, handle: Handler) -> None:
+    rfile: BinaryIO = conn.makefile("rb", buffering=65536)  # type: ignore[assignment]
+    try:
+        while True:
+            try:
+                request = read_request(rfile, conn)
+            except BadRequest as e:
+                write_response(conn, 400, [("Content-Type", "text/plain")], str(e).encode(), False)
+                return
+            if request is None:
+                return
+            if request.method != "POST" or request.target.split("?", 1)[0] != "/call":
+                status, headers, body = 404, [("Content-Type", "text/plain")], b"use POST /call"
+            else:
+                status, headers, body = _call(handle, request)
+            write_response(conn, status, headers, body, request.keep_alive)
+            if not request.keep_alive:
+                return
+    except OSError:
+        pass  # the runner went away; nothing to answer
     finally:
-        server.server_close()
+        rfile.close()
+        conn.close()
+
+
+def serve_socket(sock: socket.socket, handle: Handler) -> None:
+    """Accept connections on a listening socket forever, each served by its own thread."""
+    while True:
+        conn, _ = sock.accept()
+        threading.Thread(target=_serve_connection, args=(conn, handle), daemon=True).start()
+
+
+def serve(handle: Handler, listener: str | None = None) -> None:
+    """Bind the listener from ``FN_LISTENER`` (or ``listener``) and serve calls until killed."""
+    path = listener_path(listener)
+    sock = bind_listener(path)
+    try:
+        serve_socket(sock, handle)
+    finally:
+        sock.close()

@@ -1,111 +1,226 @@
-"""The client side of ``http-stream``: HTTP/1.1 over the container's Unix socket.
+"""The client side of ``http-stream``: HTTP/1.1 over a hot container's Unix socket.
 
-h11 (sans-IO) over a ``trio.SocketStream``, keep-alive, one request at a time.
-If a call is cancelled or fails half-way, the connection is *broken*: the
-caller must treat the container as broken too (the contract says: kill it).
-A container that answers with ``Connection: close`` is reconnected on the
-next call.
+h11 (sans-IO) over a ``trio.SocketStream``, keep-alive, exactly one request at
+a time. The contract's meaning of the answer lives in :mod:`kiln.fncontract`;
+this module only moves bytes.
+
+Failure model (what the pool relies on):
+
+* Any protocol failure — bad HTTP (``h11.RemoteProtocolError``), EOF before the
+  answer is complete, connection reset, an answer over ``max_response`` bytes —
+  raises :class:`FnProtocolError`.
+* A call that does not finish (a protocol error, or cancellation by the
+  caller's cancel scope at any point) leaves the connection **broken**: its
+  socket is closed at once and every later :meth:`FnConnection.call` raises
+  :class:`FnProtocolError`. Half a request may have reached the function, so
+  the only safe thing is to kill (or replace) the container.
+* A function that answers with ``Connection: close`` (or HTTP/1.0) is fine: the
+  socket is closed after the answer and the next call reconnects.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 import h11
 import trio
 
 READ_SIZE = 65536
+#: Bodies up to this size go out in the same write as the request head.
+COALESCE_LIMIT = 65536
+#: Default cap on a response body (the invoke API caps request bodies the same way).
+MAX_RESPONSE = 64 * 1024 * 1024
+#: sun_path is 108 bytes on Linux, including the terminating NUL.
+_SUN_PATH_MAX = 107
+
+_METHOD = b"POST"
+_TARGET = b"/call"
+_HOST = (b"host", b"kiln")
 
 
 class FnProtocolError(Exception):
-    """The container broke HTTP: reset, EOF mid-answer, garbage."""
+    """The function's socket broke HTTP: cannot connect, reset, EOF mid-answer, garbage."""
 
 
-@dataclass
+@dataclass(slots=True)
 class FnResponse:
+    """A whole answer to ``POST /call``. Header names are lowercase (as h11 gives them)."""
+
     status: int
     headers: list[tuple[bytes, bytes]]
     body: bytes
 
 
+async def _connect(path: Path) -> trio.SocketStream:
+    """Connect to a Unix socket, even one whose path is too long for ``sun_path``.
+
+    A long host path (a deep ``iofs_root``) is reached through
+    ``/proc/self/fd/<dir fd>/<name>``, which the kernel resolves like any path.
+    """
+    try:
+        if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+            return await trio.open_unix_socket(os.fspath(path))
+        dir_fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return await trio.open_unix_socket(f"/proc/self/fd/{dir_fd}/{path.name}")
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        raise FnProtocolError(f"cannot connect to {path}: {e.strerror or e}") from e
+
+
 class FnConnection:
-    def __init__(self, path: Path, stream: trio.SocketStream) -> None:
+    """A keep-alive HTTP/1.1 connection to one container's listener; one call at a time.
+
+    Use :meth:`open`, then :meth:`call` as often as needed, and always
+    :meth:`aclose` (or ``async with``) — the socket is released on every path.
+    """
+
+    __slots__ = ("_broken", "_busy", "_h11", "_stream", "max_response", "path")
+
+    def __init__(
+        self, path: Path, stream: trio.SocketStream, *, max_response: int = MAX_RESPONSE
+    ) -> None:
         self.path = path
+        self.max_response = max_response
         self._stream: trio.SocketStream | None = stream
-        self._conn = h11.Connection(h11.CLIENT)
-        self.broken = False
+        self._h11 = h11.Connection(h11.CLIENT)
+        self._broken: str | None = None
+        self._busy = False
 
     @classmethod
-    async def open(cls, path: Path) -> FnConnection:
-        try:
-            stream = await trio.open_unix_socket(str(path))
-        except OSError as e:
-            raise FnProtocolError(f"cannot connect to {path}: {e.strerror or e}") from e
-        return cls(path, stream)
+    async def open(cls, path: Path, *, max_response: int = MAX_RESPONSE) -> FnConnection:
+        """Connect to the socket at ``path``; :class:`FnProtocolError` if that fails."""
+        return cls(path, await _connect(path), max_response=max_response)
+
+    @property
+    def broken(self) -> bool:
+        """True once a call failed or was cancelled half-way: the connection is unusable."""
+        return self._broken is not None
+
+    @property
+    def broken_reason(self) -> str | None:
+        return self._broken
 
     async def aclose(self) -> None:
-        if self._stream is not None:
-            await trio.aclose_forcefully(self._stream)
-            self._stream = None
+        """Close the socket (idempotent). Completes even when cancelled."""
+        if self._broken is None:
+            self._broken = "connection closed"
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
 
-    async def call(self, headers: list[tuple[bytes, bytes]], body: bytes) -> FnResponse:
-        """``POST /call``; the whole answer. Cancelled or failed half-way → ``broken``."""
-        if self.broken:
-            raise FnProtocolError("connection is broken")
-        if self._stream is None:
-            fresh = await FnConnection.open(self.path)
-            self._stream, self._conn = fresh._stream, h11.Connection(h11.CLIENT)
-        stream = self._stream
-        assert stream is not None
-        self.broken = True  # until the exchange completes
-        conn = self._conn
+    async def __aenter__(self) -> FnConnection:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _drop_socket(self) -> None:
+        """Close the socket now, synchronously (no checkpoint: safe while being cancelled)."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.socket.close()
+
+    async def call(self, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> FnResponse:
+        """Send ``POST /call`` with ``headers`` and ``body``; return the whole answer.
+
+        ``headers`` come from :func:`kiln.fncontract.call_request_headers`; ``Host``
+        and ``Content-Length`` are added here. The call has no timeout of its own:
+        the caller's cancel scope bounds it. If it is cancelled (or fails) before
+        the answer is complete, the connection is marked broken and its socket
+        closed — the caller must kill or replace the container.
+        """
+        if self._busy:
+            raise trio.BusyResourceError("FnConnection carries one call at a time")
+        if self._broken is not None:
+            raise FnProtocolError(f"connection unusable: {self._broken}")
+        self._busy = True
+        self._broken = "call interrupted"  # cleared only when the exchange completes
         try:
-            out = conn.send(
-                h11.Request(
-                    method=b"POST",
-                    target=b"/call",
-                    headers=[
-                        (b"host", b"localhost"),
-                        (b"content-length", str(len(body)).encode()),
-                        *headers,
-                    ],
-                )
+            if self._stream is None:  # the last answer said Connection: close
+                self._stream = await _connect(self.path)
+                self._h11 = h11.Connection(h11.CLIENT)
+            response = await self._exchange(self._stream, self._h11, headers, body)
+        except FnProtocolError as e:
+            self._broken = str(e)
+            self._drop_socket()
+            raise
+        except BaseException:
+            self._drop_socket()
+            raise
+        finally:
+            self._busy = False
+        conn = self._h11
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+        else:  # Connection: close / HTTP/1.0: reconnect on the next call
+            self._drop_socket()
+        self._broken = None
+        return response
+
+    async def _exchange(
+        self,
+        stream: trio.SocketStream,
+        conn: h11.Connection,
+        headers: Iterable[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> FnResponse:
+        try:
+            request = h11.Request(
+                method=_METHOD,
+                target=_TARGET,
+                headers=[_HOST, (b"content-length", b"%d" % len(body)), *headers],
             )
-            await stream.send_all(
-                out + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
-                if body
-                else out + conn.send(h11.EndOfMessage())
-            )
+            head = conn.send(request)
+            assert head is not None
+            if body:
+                conn.send_with_data_passthrough(h11.Data(data=body))
+            conn.send(h11.EndOfMessage())  # b"" with Content-Length framing
+        except h11.LocalProtocolError as e:
+            raise FnProtocolError(f"cannot send the request: {e}") from e
+        try:
+            if not body:
+                await stream.send_all(head)
+            elif len(body) <= COALESCE_LIMIT:
+                await stream.send_all(head + body)
+            else:
+                await stream.send_all(head)
+                await stream.send_all(body)
             status = 0
-            resp_headers: list[tuple[bytes, bytes]] = []
+            response_headers: list[tuple[bytes, bytes]] = []
             chunks: list[bytes] = []
+            size = 0
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
-                    data = await stream.receive_some(READ_SIZE)
-                    conn.receive_data(bytes(data))
-                    continue
-                if isinstance(event, h11.Response):
+                    conn.receive_data(await stream.receive_some(READ_SIZE))
+                elif type(event) is h11.Data:
+                    size += len(event.data)
+                    if size > self.max_response:
+                        raise FnProtocolError(f"the answer is over {self.max_response} bytes")
+                    chunks.append(event.data)
+                elif type(event) is h11.Response:
                     status = event.status_code
-                    resp_headers = list(event.headers)
-                elif isinstance(event, h11.Data):
-                    chunks.append(bytes(event.data))
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                elif isinstance(event, h11.InformationalResponse):
-                    continue
-                elif isinstance(event, h11.ConnectionClosed):
+                    response_headers = list(event.headers)
+                elif type(event) is h11.EndOfMessage:
+                    return FnResponse(status, response_headers, b"".join(chunks))
+                elif type(event) is h11.InformationalResponse:
+                    continue  # 100 Continue and the like
+                elif type(event) is h11.ConnectionClosed:
                     raise FnProtocolError("the function closed the connection before answering")
                 else:
-                    raise FnProtocolError(f"unexpected HTTP event {event!r}")
-        except h11.ProtocolError as e:
+                    raise FnProtocolError(f"unexpected HTTP event from the function: {event!r}")
+        except h11.RemoteProtocolError as e:
             raise FnProtocolError(f"bad HTTP from the function: {e}") from e
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-            raise FnProtocolError(f"connection to the function failed: {e}") from e
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
-        else:  # Connection: close — reconnect next time
-            await self.aclose()
-        self.broken = False
-        return FnResponse(status, resp_headers, b"".join(chunks))
+            raise FnProtocolError(f"the connection to the function failed: {e}") from e

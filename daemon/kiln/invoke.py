@@ -76,9 +76,9 @@ class Invoker:
         self.draining = False
         self.rates: dict[str, InvokeRateLimiter] = {}
         for spec in self.functions.values():
-            self._set_rate(spec)
+            self.set_rate(spec)
 
-    def _set_rate(self, spec: FunctionSpec) -> None:
+    def set_rate(self, spec: FunctionSpec) -> None:
         if spec.rate is None:
             self.rates.pop(spec.name, None)
         else:

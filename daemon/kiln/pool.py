@@ -24,6 +24,7 @@ when the container is removed, on every path.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import itertools
 import logging
@@ -210,6 +211,7 @@ class FunctionPool:
         self._evicted_total = 0
         self._calls_total = 0
         self._closed = False
+        self._emptied: trio.Event | None = None
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -233,11 +235,39 @@ class FunctionPool:
                 self._waiters.clear()
 
     def retire_all(self, reason: str) -> None:
-        """Retire every container: idle ones go now, busy ones after their call."""
+        """Retire every container: idle ones go now, busy ones after their call.
+
+        Calls still queued for a container get 503 (retry): the function's
+        replacement (a new spec) or its removal takes over from here.
+        """
         self._closed = True
         for c in list(self._containers.values()):
             if c.state is not State.BUSY:
+                self._take_idle(c)
+                c.state = State.RETIRING
                 c.retire_now(reason)
+        for w in self._waiters:
+            w.error = Unavailable(
+                f"function {self.spec.name!r} was {reason}; retry", code="draining", retry_after=1
+            )
+            w.event.set()
+        self._waiters.clear()
+
+    async def wait_empty(self) -> None:
+        """Return once every container of this pool is gone."""
+        if self._containers:
+            self._emptied = trio.Event()
+            await self._emptied.wait()
+
+    def rescale(self, min_warm: int, max_containers: int) -> None:
+        """Change min_warm/max_containers live: start what is now missing, retire idle surplus."""
+        self.spec = dataclasses.replace(self.spec, min_warm=min_warm, max_containers=max_containers)
+        surplus = self.total - max_containers
+        for c in list(self._idle)[: max(0, surplus)]:  # oldest idle first
+            self._take_idle(c)
+            c.state = State.RETIRING
+            c.retire_now(f"scaled down to max_containers = {max_containers}")
+        self._maybe_start()
 
     # ---- counts ------------------------------------------------------------
 
@@ -521,6 +551,8 @@ class FunctionPool:
                 await self._remove(c)
             shutil.rmtree(iofs, ignore_errors=True)
             del self._containers[c.seq]
+            if not self._containers and self._emptied is not None:
+                self._emptied.set()
             if c.retire_reason:
                 log.info("fn=%s container %s removed: %s", self.spec.name, c.name, c.retire_reason)
             self._maybe_start()

@@ -97,6 +97,28 @@ class Supervisors:
         await self._nursery.start(supervise, name=f"supervisor {spec.name}")
         return pool
 
+    async def replace(self, spec: FunctionSpec) -> None:
+        """Roll a function over to a new spec: new calls go to new containers; the old
+        pool's idle containers retire now and its busy ones after their call."""
+        self.remove(spec.name, reason="replaced by a new spec")
+        if spec.format == "http-stream":
+            await self.add(spec)
+
+    def remove(self, name: str, *, reason: str = "removed") -> None:
+        """Retire a function's pool; its scope ends once its last container is gone."""
+        pool = self.pools.pop(name, None)
+        scope = self._scopes.pop(name, None)
+        if pool is None or scope is None:
+            return
+        pool.retire_all(reason)
+        assert self._nursery is not None
+
+        async def stop_when_empty() -> None:
+            await pool.wait_empty()
+            scope.cancel()
+
+        self._nursery.start_soon(stop_when_empty, name=f"retire {name}")
+
     def pool(self, name: str) -> FunctionPool | None:
         return self.pools.get(name)
 

@@ -1,20 +1,16 @@
-"""Answers HTTP 500 to every call (a broken contract): Kiln kills the container."""
+"""Binds like an FDK, then answers HTTP 500 to /call — a broken contract: Kiln kills it."""
 
 import fdk
 
-
-class Broken(fdk._make_request_handler(lambda b, h: b"")):
-    def do_POST(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        self.rfile.read(length)
-        self._reply(500, {}, b"internal error")
-
-
-if __name__ == "__main__":
-    import os
-
-    d = fdk.listener_dir()
-    server = fdk._UnixServer(os.path.join(d, "phony500.sock"), Broken)
-    os.chmod(os.path.join(d, "phony500.sock"), 0o666)
-    os.symlink("phony500.sock", os.path.join(d, "lsnr.sock"))
-    server.serve_forever()
+sock = fdk.bind_listener(fdk.listener_path())
+while True:
+    conn, _ = sock.accept()
+    rfile = conn.makefile("rb")
+    try:
+        while fdk.read_request(rfile) is not None:
+            fdk.write_response(conn, 500, [("Content-Type", "text/plain")], b"internal error")
+    except (OSError, fdk.BadRequest):
+        pass
+    finally:
+        rfile.close()
+        conn.close()

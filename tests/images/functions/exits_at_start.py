@@ -1,4 +1,4 @@
-"""Fails at start: Kiln answers 502 'failed to initialize' with this output."""
+"""Fails at start: prints an error to stderr and exits 3 (Kiln: 502 'failed to initialize')."""
 
 import sys
 

@@ -1,12 +1,12 @@
-"""Binds properly, then never answers a call."""
+"""Binds its listener properly (FDK), then never answers a call."""
 
-import time
+import threading
 
 import fdk
 
 
 def handle(body, headers):
-    time.sleep(3600)
+    threading.Event().wait()  # forever
     return body
 
 

@@ -1,5 +1,6 @@
-"""Never binds its listener: Kiln answers 504 after start_timeout."""
+"""Never binds its listener: Kiln answers 504 after the function's start_timeout."""
 
 import time
 
-time.sleep(3600)
+while True:
+    time.sleep(3600)

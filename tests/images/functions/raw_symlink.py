@@ -1,38 +1,50 @@
-"""No FDK: the phony socket + relative symlink dance by hand, and a hand-written responder."""
+"""No FDK: the phony socket + relative symlink dance by hand, and a hand-written HTTP/1.1
+responder (keep-alive, Content-Length bodies). Answers "raw:<body>" with caller status 201."""
 
 import os
 import socket
 
-d = os.path.dirname(os.environ["FN_LISTENER"][len("unix:"):])
-phony = os.path.join(d, "phony-raw.sock")
-s = socket.socket(socket.AF_UNIX)
-s.bind(phony)
-os.chmod(phony, 0o666)
+link = "/" + os.environ["FN_LISTENER"][len("unix:"):].lstrip("/")
+d = os.path.dirname(link)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(os.path.join(d, "phony-raw.sock"))
 s.listen(4)
-os.symlink("phony-raw.sock", os.path.join(d, "lsnr.sock"))
-while True:
-    conn, _ = s.accept()
+os.chmod(os.path.join(d, "phony-raw.sock"), 0o666)
+os.symlink("phony-raw.sock", link)  # relative, made last: the listener is ready
+
+
+def serve(conn):
     buf = b""
     while True:
         while b"\r\n\r\n" not in buf:
             data = conn.recv(65536)
             if not data:
-                break
+                return
             buf += data
-        if b"\r\n\r\n" not in buf:
-            break
         head, buf = buf.split(b"\r\n\r\n", 1)
         length = 0
         for line in head.split(b"\r\n")[1:]:
-            k, _, v = line.partition(b":")
-            if k.strip().lower() == b"content-length":
-                length = int(v)
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
         while len(buf) < length:
-            buf += conn.recv(65536)
+            data = conn.recv(65536)
+            if not data:
+                return
+            buf += data
         body, buf = buf[:length], buf[length:]
         out = b"raw:" + body
         conn.sendall(
             b"HTTP/1.1 200 OK\r\nFn-Http-Status: 201\r\nFn-Http-H-X-Raw: yes\r\n"
             b"Content-Length: " + str(len(out)).encode() + b"\r\n\r\n" + out
         )
-    conn.close()
+
+
+while True:
+    conn, _ = s.accept()
+    try:
+        serve(conn)
+    except OSError:
+        pass
+    finally:
+        conn.close()
