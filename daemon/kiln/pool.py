@@ -501,6 +501,14 @@ class FunctionPool:
                 code="function_error",
             ) from e
         finally:
+            if broken is not None and c.cid is not None:
+                # Kill before answering: the caller (and the next call) never
+                # meets a broken container. Shielded and bounded.
+                with trio.CancelScope(shield=True), trio.move_on_after(10):
+                    try:
+                        await self.docker.kill(c.cid)
+                    except DockerError as e:
+                        log.warning("fn=%s: could not kill %s: %s", self.spec.name, c.name, e)
             self._release(c, broken=broken)
 
     # ---- one container's life ---------------------------------------------
