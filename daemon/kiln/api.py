@@ -19,6 +19,7 @@ import trio
 
 from kiln.errors import BodyTooLarge, CallError
 from kiln.invoke import Invoker, Timings
+from kiln.metrics import CONTENT_TYPE, Metrics
 from kiln.trioutil import open_nursery
 
 log = logging.getLogger("kiln.api")
@@ -44,9 +45,10 @@ class ClientGone(Exception):
 
 
 class InvokeApp:
-    def __init__(self, invoker: Invoker, *, max_body: int) -> None:
+    def __init__(self, invoker: Invoker, *, max_body: int, metrics: Metrics | None = None) -> None:
         self.invoker = invoker
         self.max_body = max_body
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -58,7 +60,21 @@ class InvokeApp:
         path: str = scope["path"]
         method: str = scope["method"]
         try:
-            if path == "/healthz":
+            if path == "/metrics" and self.metrics is not None and method == "GET":
+                body = self.metrics.render()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [
+                            (b"content-type", CONTENT_TYPE.encode()),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"kiln-call-id", call_id.encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+            elif path == "/healthz":
                 await self._respond(send, 200, call_id, b'{"status":"ok"}\n', json_ct=True)
             elif path.startswith(INVOKE_PREFIX):
                 if method != "POST":
@@ -141,6 +157,7 @@ class InvokeApp:
                 finally:
                     nursery.cancel_scope.cancel()
             if gone or result is None:
+                status = 499  # nginx's 'client closed request', for the log and metrics
                 raise ClientGone
             status = result.status
             headers = [*result.headers, (b"kiln-timing", timings.header())]
@@ -157,6 +174,10 @@ class InvokeApp:
                 send, call_id, CallError(f"internal error: {type(e).__name__}: {e}"), timings
             )
         finally:
+            if self.metrics is not None and name in self.invoker.functions:
+                self.metrics.observe_call(
+                    name, status, timings.queue, timings.start, timings.run, timings.cold
+                )
             log.info(
                 "call fn=%s id=%s status=%s total_ms=%.1f queue_ms=%.1f start_ms=%.1f run_ms=%.1f",
                 name,

@@ -74,6 +74,9 @@ class Invoker:
         self.memory = memory or MemoryPool(2**62)
         self.supervisors = supervisors
         self.draining = False
+        self.inflight = 0
+        self._idle = trio.Event()
+        self._idle.set()
         self.rates: dict[str, InvokeRateLimiter] = {}
         for spec in self.functions.values():
             self.set_rate(spec)
@@ -107,9 +110,21 @@ class Invoker:
         limiter = self.rates.get(name)
         if limiter is not None:
             limiter.check()
-        if spec.format == "http-stream":
-            return await self._invoke_hot(spec, body, call_id, timings, headers)
-        return await self._invoke_stdio(spec, body, call_id, timings)
+        self.inflight += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        try:
+            if spec.format == "http-stream":
+                return await self._invoke_hot(spec, body, call_id, timings, headers)
+            return await self._invoke_stdio(spec, body, call_id, timings)
+        finally:
+            self.inflight -= 1
+            if self.inflight == 0:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no call is in flight (for the drain)."""
+        await self._idle.wait()
 
     async def _invoke_stdio(
         self, spec: FunctionSpec, body: bytes, call_id: str, timings: Timings

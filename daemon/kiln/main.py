@@ -13,31 +13,44 @@ its container (shielded, bounded), so a stopped daemon leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
 
+from kiln import __version__
 from kiln.admission import MemoryPool
 from kiln.api import InvokeApp
 from kiln.config import Config
 from kiln.containers import Identity
+from kiln.control import AnotherKilnRunning, ControlApp, open_control_socket
+from kiln.controller import Controller, merge_functions
 from kiln.docker import DockerClient, DockerError, DockerTimeout, DockerUnreachable
+from kiln.errors import CallError
 from kiln.functions import FunctionSpec
 from kiln.hostmem import plan_capacity, read_host_resources
 from kiln.invoke import Invoker
 from kiln.janitor import Janitor
+from kiln.metrics import Metrics
 from kiln.ratelimit import DockerLimiter
+from kiln.store import FunctionStore
 from kiln.supervisors import Supervisors
 from kiln.sweep import sweep_orphans
 from kiln.systemd import Notifier
 from kiln.units import format_size
 
 log = logging.getLogger("kiln.daemon")
+
+
+#: How long the servers may take to finish writing responses once the drain is over.
+SERVER_GRACE = 2.0
 
 
 class FatalStartupError(Exception):
@@ -65,14 +78,18 @@ def hypercorn_config(listen: str, graceful_timeout: float) -> HyperConfig:
     return hc
 
 
-async def watch_signals(on_stop: Callable[[], None], on_force: Callable[[], None]) -> None:
-    """SIGTERM/SIGINT → graceful stop; a second one → stop at once."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+async def watch_signals(
+    on_stop: Callable[[], None], on_force: Callable[[], None], on_reload: Callable[[], None]
+) -> None:
+    """SIGTERM/SIGINT → drain; a second one → stop at once; SIGHUP → reload."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         stopping = False
         async for signum in signals:
             name = signal.Signals(signum).name
-            if not stopping:
-                log.info("%s: stopping (waiting for calls in flight; send again to stop now)", name)
+            if signum == signal.SIGHUP:
+                on_reload()
+            elif not stopping:
+                log.info("%s: draining (send again to stop at once)", name)
                 stopping = True
                 on_stop()
             else:
@@ -96,19 +113,20 @@ async def run_daemon(
     handle_signals: bool = True,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the daemon until a signal (or cancellation) stops it."""
+    """Run the daemon until it is drained (SIGTERM, ``kiln drain``) or cancelled."""
     identity = Identity(config.daemon.id)
     log.info(
-        "kiln starting: daemon id %s, instance %s, %d function(s) from %s",
+        "kiln %s starting: daemon id %s, instance %s, config %s",
+        __version__,
         identity.daemon_id,
         identity.instance,
-        len(config.functions),
         config.source,
     )
-    shutdown = trio.Event()
+    store = FunctionStore(config.daemon.state_dir)
+    functions = merge_functions(config.functions, store.load())
     plan = plan_capacity(read_host_resources(), cap=config.limits.memory)
     log.info("memory for containers: %s", plan.explain())
-    check_functions_fit(config.functions.values(), plan.capacity)
+    check_functions_fit(functions.values(), plan.capacity)
     limiter = DockerLimiter(
         create_rate=config.docker.create_rate,
         create_burst=config.docker.create_burst,
@@ -120,62 +138,146 @@ async def run_daemon(
         queue_wait=config.limits.queue_wait,
         async_fraction=config.limits.async_fraction,
     )
-    async with DockerClient(
-        config.docker.socket,
-        timeout=config.docker.timeout,
-        limiter=limiter,
-        pool_size=config.docker.max_inflight,
-    ) as docker:
-        await check_docker(docker)
-        janitor = Janitor(docker)
-        supervisors = Supervisors(
-            janitor=janitor,
-            docker=docker,
-            memory=memory,
-            identity=identity,
-            iofs_root=Path(config.daemon.run_dir) / "iofs" / identity.instance,
-            queue_max=config.limits.queue_max,
-            queue_wait=config.limits.queue_wait,
+    metrics = Metrics()
+    drain_requested = trio.Event()
+    stop_now = trio.CancelScope()
+    notifier = Notifier()
+    try:
+        control_sock = open_control_socket(
+            config.daemon.control_socket, config.daemon.control_group
         )
-        memory.evictor = supervisors
-        invoker = Invoker(
-            docker=docker,
-            identity=identity,
-            functions=config.functions,
-            max_response=config.daemon.max_response,
-            memory=memory,
-            supervisors=supervisors,
-            janitor=janitor,
-        )
-        app = InvokeApp(invoker, max_body=config.daemon.max_body)
-        hc = hypercorn_config(config.daemon.listen, config.daemon.drain_timeout)
-        notifier = Notifier()
-        async with trio.open_nursery() as root:
-
-            def stop() -> None:
-                invoker.draining = True
-                shutdown.set()
-                root.start_soon(notifier.stopping)
-
-            async def serve_api(task_status: trio.TaskStatus[list[str]]) -> None:
-                # Returns once shutdown is set and calls in flight are done (or
-                # drain_timeout passed and hypercorn cancelled them); then the
-                # rest of the tree (signal watcher, ...) is cancelled too.
-                await serve(app, hc, shutdown_trigger=shutdown.wait, task_status=task_status)  # type: ignore[arg-type]
-                root.cancel_scope.cancel()
-
-            if handle_signals:
-                root.start_soon(watch_signals, stop, root.cancel_scope.cancel)
-            await root.start(janitor.run)
-            root.start_soon(sweep_orphans, docker, identity)
-            await root.start(supervisors.run, config.functions)
-            binds: list[str] = await root.start(serve_api)
-            log.info("invoke API listening on %s", ", ".join(binds))
-            await root.start(notifier.watchdog)
-            await notifier.ready(
-                f"serving {len(config.functions)} function(s) on {', '.join(binds)}; "
-                f"{format_size(plan.capacity)} for containers"
+    except (AnotherKilnRunning, OSError) as e:
+        raise FatalStartupError(f"control socket {config.daemon.control_socket}: {e}") from e
+    try:
+        async with DockerClient(
+            config.docker.socket,
+            timeout=config.docker.timeout,
+            limiter=limiter,
+            pool_size=config.docker.max_inflight,
+            observer=metrics.observe_docker,
+        ) as docker:
+            await check_docker(docker)
+            janitor = Janitor(docker)
+            supervisors = Supervisors(
+                janitor=janitor,
+                docker=docker,
+                memory=memory,
+                identity=identity,
+                iofs_root=Path(config.daemon.run_dir) / "iofs" / identity.instance,
+                queue_max=config.limits.queue_max,
+                queue_wait=config.limits.queue_wait,
             )
-            task_status.started(binds)
+            memory.evictor = supervisors
+            invoker = Invoker(
+                docker=docker,
+                identity=identity,
+                functions=functions,
+                max_response=config.daemon.max_response,
+                memory=memory,
+                supervisors=supervisors,
+                janitor=janitor,
+            )
+            metrics.attach(memory=memory, supervisors=supervisors, limiter=limiter, invoker=invoker)
+            controller = Controller(
+                config=config,
+                invoker=invoker,
+                supervisors=supervisors,
+                memory=memory,
+                docker=docker,
+                store=store,
+                capacity=plan.capacity,
+                on_drain=drain_requested.set,
+            )
+            app = InvokeApp(invoker, max_body=config.daemon.max_body, metrics=metrics)
+            control_app = ControlApp(controller)
+            async with trio.open_nursery() as root:
+
+                async def reload() -> None:
+                    await notifier.reloading()
+                    try:
+                        result = await controller.reload()
+                        log.info("SIGHUP reload: %s", result)
+                    except CallError as e:
+                        log.error("SIGHUP reload refused: %s", e.message)
+                    await notifier.ready(status_line(controller))
+
+                def force() -> None:
+                    drain_requested.set()
+                    stop_now.cancel()
+
+                if handle_signals:
+                    root.start_soon(
+                        watch_signals, drain_requested.set, force, lambda: root.start_soon(reload)
+                    )
+                await root.start(janitor.run)
+                root.start_soon(sweep_orphans, docker, identity)
+                await root.start(supervisors.run, functions)
+                servers_down = trio.Event()
+                servers_stop = trio.Event()
+
+                async def servers(task_status: trio.TaskStatus[list[str]]) -> None:
+                    # Both APIs; they stop together (after the drain), giving
+                    # responses being written a moment to finish.
+                    async with trio.open_nursery() as n:
+                        binds = await n.start(
+                            partial(
+                                serve,
+                                app,  # type: ignore[arg-type]
+                                hypercorn_config(config.daemon.listen, SERVER_GRACE),
+                                shutdown_trigger=servers_stop.wait,
+                            )
+                        )
+                        await n.start(
+                            partial(
+                                serve,
+                                control_app,  # type: ignore[arg-type]
+                                hypercorn_config(f"fd://{control_sock.detach()}", SERVER_GRACE),
+                                shutdown_trigger=servers_stop.wait,
+                            )
+                        )
+                        task_status.started(binds)
+                    servers_down.set()
+
+                binds: list[str] = await root.start(servers)
+                log.info(
+                    "invoke API listening on %s, control API on %s",
+                    ", ".join(binds),
+                    config.daemon.control_socket,
+                )
+                await root.start(notifier.watchdog)
+                await notifier.ready(status_line(controller))
+                task_status.started(binds)
+
+                await drain_requested.wait()
+                invoker.draining = True
+                await notifier.stopping()
+                n = invoker.inflight
+                log.info(
+                    "draining: %d call(s) in flight, waiting up to %g s",
+                    n,
+                    config.daemon.drain_timeout,
+                )
+                with stop_now, trio.move_on_after(config.daemon.drain_timeout) as waited:
+                    await invoker.wait_idle()
+                if waited.cancelled_caught or stop_now.cancelled_caught:
+                    log.warning("drain: cancelling %d call(s) still in flight", invoker.inflight)
+                else:
+                    servers_stop.set()  # let finished calls' responses go out
+                    with trio.move_on_after(SERVER_GRACE + 1):
+                        await servers_down.wait()
+                # Cancel the tree: servers stop, calls still running are cancelled, and
+                # every container task removes its container (shielded, bounded).
+                root.cancel_scope.cancel()
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(config.daemon.control_socket)
         notifier.close()
     log.info("kiln stopped")
+
+
+def status_line(controller: Controller) -> str:
+    m = controller.memory.statistics()
+    return (
+        f"{len(controller.invoker.functions)} function(s), {controller.invoker.inflight} call(s) in flight, "
+        f"{format_size(m.reserved)} of {format_size(m.capacity)} reserved"
+    )

@@ -151,12 +151,14 @@ class DockerClient:
         timeout: float = 30.0,
         pool_size: int = 32,
         limiter: Limiter | None = None,
+        observer: Callable[[str, str, float], None] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         connect: Connector | None = None,
     ) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
         self.limiter: Limiter = limiter or _NoLimit()
+        self.observer = observer
         self._transport = transport or httpx.AsyncHTTPTransport(uds=socket_path, retries=0)
         self._http = httpx.AsyncClient(
             transport=self._transport,
@@ -191,10 +193,14 @@ class DockerClient:
         json_body: Any = None,
         ok_statuses: tuple[int, ...] = (),
     ) -> httpx.Response:
+        t0 = trio.current_time()
+        status = "error"
         try:
             async with self.limiter.call():
                 response = await self._http.request(method, path, params=params, json=json_body)
+            status = str(response.status_code)
         except httpx.TimeoutException as e:
+            status = "timeout"
             raise DockerTimeout(
                 f"{operation}: Docker did not answer within {self.timeout:g} s"
             ) from e
@@ -209,6 +215,9 @@ class DockerClient:
             ) from e
         except httpx.HTTPError as e:
             raise DockerError(f"{operation}: {type(e).__name__}: {e}") from e
+        finally:
+            if self.observer is not None:
+                self.observer(operation, status, trio.current_time() - t0)
         if response.status_code not in ok_statuses:
             raise_for_status(response.status_code, response.content, operation)
         return response

@@ -1,0 +1,166 @@
+"""Prometheus metrics (prometheus_client), one registry per daemon.
+
+Counters and histograms are updated where things happen (a call ends, a
+Docker request returns). Gauges that mirror state — memory, queue depth,
+containers by state, limiter figures — are read from the components'
+``statistics()`` snapshots at scrape time by a custom collector, so nothing
+runs between scrapes (idle means asleep).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from kiln.admission import MemoryPool
+    from kiln.invoke import Invoker
+    from kiln.ratelimit import DockerLimiter
+    from kiln.supervisors import Supervisors
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.calls = Counter(
+            "kiln_calls",
+            "Calls by function and outcome (HTTP status)",
+            ["function", "status"],
+            registry=self.registry,
+        )
+        self.phase = Histogram(
+            "kiln_call_phase_seconds",
+            "Call phases: queue (waiting), start (container start), run",
+            ["phase"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.cold_starts = Counter(
+            "kiln_cold_starts",
+            "Calls that started a container",
+            ["function"],
+            registry=self.registry,
+        )
+        self.docker = Histogram(
+            "kiln_docker_request_seconds",
+            "Docker API requests by operation and status",
+            ["operation", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_call(
+        self, function: str, status: int, queue: float, start: float, run: float, cold: bool
+    ) -> None:
+        self.calls.labels(function, str(status)).inc()
+        self.phase.labels("queue").observe(queue)
+        if cold:
+            self.phase.labels("start").observe(start)
+            self.cold_starts.labels(function).inc()
+        self.phase.labels("run").observe(run)
+
+    def observe_docker(self, operation: str, status: str, seconds: float) -> None:
+        self.docker.labels(operation, status).observe(seconds)
+
+    def attach(
+        self,
+        *,
+        memory: MemoryPool,
+        supervisors: Supervisors,
+        limiter: DockerLimiter | None,
+        invoker: Invoker,
+    ) -> None:
+        self.registry.register(_StateCollector(memory, supervisors, limiter, invoker))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    def __init__(
+        self,
+        memory: MemoryPool,
+        supervisors: Supervisors,
+        limiter: DockerLimiter | None,
+        invoker: Invoker,
+    ) -> None:
+        self.memory = memory
+        self.supervisors = supervisors
+        self.limiter = limiter
+        self.invoker = invoker
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        m = self.memory.statistics()
+        mem = GaugeMetricFamily("kiln_memory_bytes", "Memory for containers", labels=["kind"])
+        mem.add_metric(["total"], m.capacity)
+        mem.add_metric(["reserved"], m.reserved)
+        yield mem
+        yield GaugeMetricFamily("kiln_queue_depth", "Requests waiting for memory", value=m.waiting)
+        rejected = CounterMetricFamily(
+            "kiln_admission_rejected", "Admission rejections", labels=["reason"]
+        )
+        rejected.add_metric(["queue_full"], m.rejected_queue_full)
+        rejected.add_metric(["no_memory"], m.rejected_timeout)
+        yield rejected
+        containers = GaugeMetricFamily(
+            "kiln_containers", "Hot containers by state", labels=["function", "state"]
+        )
+        evictions = CounterMetricFamily(
+            "kiln_evictions", "Idle containers evicted for memory", labels=["function"]
+        )
+        waiting = GaugeMetricFamily(
+            "kiln_calls_waiting", "Calls waiting for a hot container", labels=["function"]
+        )
+        for s in self.supervisors.statistics():
+            for state in ("starting", "idle", "busy", "retiring"):
+                containers.add_metric([s.function, state], getattr(s, state))
+            evictions.add_metric([s.function], s.evicted_total)
+            waiting.add_metric([s.function], s.waiting)
+        yield containers
+        yield evictions
+        yield waiting
+        yield GaugeMetricFamily(
+            "kiln_calls_in_flight", "Calls in flight", value=self.invoker.inflight
+        )
+        yield GaugeMetricFamily(
+            "kiln_draining", "1 while draining", value=int(self.invoker.draining)
+        )
+        if self.limiter is not None:
+            ls = self.limiter.statistics()
+            yield GaugeMetricFamily(
+                "kiln_docker_inflight", "Docker API calls in flight", value=ls.inflight
+            )
+            yield CounterMetricFamily(
+                "kiln_docker_create_waits",
+                "Container creates that waited for a rate-limit token",
+                value=ls.create.total_waits,
+            )
+            yield CounterMetricFamily(
+                "kiln_docker_create_wait_seconds",
+                "Time creates spent waiting for a token",
+                value=ls.create.total_wait_time,
+            )
