@@ -1,18 +1,34 @@
-"""The ``kiln`` command line."""
+"""The ``kiln`` command line: the daemon, and a client for its control socket.
+
+The client finds the daemon by ``--socket PATH``, else ``$KILN_SOCKET``, else
+``/run/kiln/control.sock``. Output is a human table by default, JSON with
+``--json``; failures exit non-zero with a one-line reason.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
+import tomllib
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 
 from kiln import __version__
 from kiln.config import ConfigError, load
+from kiln.functions import parse_function
+from kiln.units import format_size
 
 DEFAULT_CONFIG = "/etc/kiln/config.toml"
+DEFAULT_SOCKET = "/run/kiln/control.sock"
+
+
+class CliError(Exception):
+    """A one-line reason to print before exiting non-zero."""
 
 
 def _setup_logging(level: str) -> None:
@@ -24,6 +40,9 @@ def _setup_logging(level: str) -> None:
     # httpx logs every request at INFO: far too chatty for a daemon's log.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+# ---- the daemon --------------------------------------------------------------
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
@@ -48,22 +67,198 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_invoke(args: argparse.Namespace) -> int:
+# ---- the client ----------------------------------------------------------------
+
+
+def socket_path(args: argparse.Namespace) -> str:
+    return str(args.socket or os.environ.get("KILN_SOCKET") or DEFAULT_SOCKET)
+
+
+def request(
+    args: argparse.Namespace,
+    method: str,
+    path: str,
+    *,
+    json_body: Any = None,
+    content: bytes | None = None,
+) -> Any:
     import httpx
 
-    body = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
+    sock = socket_path(args)
     try:
-        response = httpx.post(
-            f"{args.url.rstrip('/')}/invoke/{args.name}", content=body, timeout=None
-        )
+        with httpx.Client(
+            transport=httpx.HTTPTransport(uds=sock), base_url="http://kiln", timeout=None
+        ) as client:
+            response = client.request(method, path, json=json_body, content=content)
+    except (httpx.ConnectError, FileNotFoundError, PermissionError) as e:
+        raise CliError(f"cannot reach kiln at {sock}: is the service running? ({e})") from e
     except httpx.HTTPError as e:
-        print(f"kiln: cannot reach kiln at {args.url}: {e}", file=sys.stderr)
-        return 1
+        raise CliError(f"talking to kiln at {sock}: {e}") from e
+    if response.status_code >= 400:
+        try:
+            err = response.json()["error"]
+            raise CliError(f"{err['message']} ({err['code']}, HTTP {response.status_code})")
+        except (ValueError, KeyError, TypeError):
+            raise CliError(f"HTTP {response.status_code}: {response.text.strip()[:300]}") from None
+    return response
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    lines = ["  ".join(c.upper().ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def emit(args: argparse.Namespace, data: Any, human: str) -> None:
+    print(json.dumps(data, indent=2) if args.json else human)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    s = request(args, "GET", "/status").json()
+    mem = s["memory"]
+    containers = ", ".join(f"{n} {k}" for k, n in sorted(s["containers"].items())) or "none"
+    human = "\n".join(
+        [
+            f"kiln {s['version']}, up {s['uptime']:.0f} s{'  (DRAINING)' if s['draining'] else ''}",
+            f"memory     {format_size(mem['reserved'])} of {format_size(mem['total'])} reserved",
+            f"queue      {s['queue']['memory_waiting']} waiting for memory",
+            f"functions  {s['functions']}",
+            f"containers {containers}",
+            f"docker     {s['docker']['socket']} ({'reachable' if s['docker']['reachable'] else 'UNREACHABLE'})",
+        ]
+    )
+    emit(args, s, human)
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    rows = request(args, "GET", "/functions").json()
+    for r in rows:
+        r["memory"] = format_size(r["memory"])
+        r["warm/max"] = f"{r['min_warm']}/{r['max_containers']}"
+    emit(
+        args,
+        rows,
+        table(
+            rows, ["name", "format", "image", "memory", "warm/max", "containers", "idle", "busy"]
+        ),
+    )
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    info = request(args, "GET", f"/functions/{args.name}").json()
+    spec = info["spec"]
+    lines = [f"{info['name']}  ({info['source']})"]
+    lines += [f"  {k:15} {v}" for k, v in sorted(spec.items())]
+    lines.append("containers:")
+    rows = [
+        {
+            **c,
+            "id": (c["id"] or "")[:12],
+            "age": f"{c['age']:.0f}s",
+            "idle_for": "" if c["idle_for"] is None else f"{c['idle_for']:.0f}s",
+        }
+        for c in info["containers"]
+    ]
+    lines.append(table(rows, ["name", "id", "state", "age", "idle_for", "calls"]))
+    emit(args, info, "\n".join(lines))
+    return 0
+
+
+def read_deploy_file(path: str) -> dict[str, dict[str, Any]]:
+    """A TOML file with ``[functions.NAME]`` tables, or one function with ``name = "..."``."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as e:
+        raise CliError(f"cannot read {path}: {e.strerror or e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise CliError(f"{path}: not valid TOML: {e}") from e
+    if "functions" in raw:
+        fns = raw["functions"]
+        if not isinstance(fns, dict) or set(raw) != {"functions"}:
+            raise CliError(f"{path}: put functions under [functions.NAME] and nothing else")
+        out = dict(fns)
+    else:
+        name = raw.pop("name", None)
+        if not isinstance(name, str):
+            raise CliError(
+                f'{path}: give the function a name (name = "...") or use [functions.NAME]'
+            )
+        out = {name: raw}
+    for name, spec in out.items():
+        try:
+            parse_function(name, spec, f"functions.{name}")  # the daemon checks again
+        except ConfigError as e:
+            raise CliError(f"{path}: {e}") from e
+    return out
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    results = []
+    for name, spec in read_deploy_file(args.file).items():
+        response = request(args, "PUT", f"/functions/{name}", json_body=spec)
+        results.append(response.json())
+        if not args.json:
+            print(f"{'created' if response.status_code == 201 else 'updated'} {name}")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    data = request(args, "DELETE", f"/functions/{args.name}").json()
+    emit(args, data, f"removed {args.name}")
+    return 0
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    body: dict[str, int] = {}
+    if args.min_warm is not None:
+        body["min_warm"] = args.min_warm
+    if args.max is not None:
+        body["max_containers"] = args.max
+    if not body:
+        raise CliError("give --min-warm and/or --max")
+    spec = request(args, "POST", f"/functions/{args.name}/scale", json_body=body).json()
+    emit(
+        args,
+        spec,
+        f"{args.name}: min_warm={spec['min_warm']} max_containers={spec['max_containers']}",
+    )
+    return 0
+
+
+def cmd_invoke(args: argparse.Namespace) -> int:
+    body = b"" if sys.stdin.isatty() else sys.stdin.buffer.read()
+    response = request(args, "POST", f"/functions/{args.name}/invoke", content=body)
     sys.stdout.buffer.write(response.content)
     sys.stdout.flush()
-    if response.status_code >= 400:
-        print(f"kiln: HTTP {response.status_code}", file=sys.stderr)
-        return 1
+    return 0
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    emit(
+        args,
+        request(args, "POST", "/drain").json(),
+        "draining: calls in flight finish, then kiln exits",
+    )
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    r = request(args, "POST", "/reload").json()
+    human = (
+        f"reloaded: added {', '.join(r['added']) or '-'}; changed {', '.join(r['changed']) or '-'}; "
+        f"removed {', '.join(r['removed']) or '-'}"
+    )
+    if r["ignored_sections"]:
+        human += f"\n(changes to [{'], ['.join(r['ignored_sections'])}] need a restart)"
+    emit(args, r, human)
     return 0
 
 
@@ -79,16 +274,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="validate the config and exit")
     p.set_defaults(func=cmd_daemon)
 
-    p = sub.add_parser("invoke", help="invoke a function (body from stdin)")
+    def client(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument(
+            "--socket", "-s", help=f"control socket (default $KILN_SOCKET or {DEFAULT_SOCKET})"
+        )
+        p.add_argument("--json", action="store_true", help="JSON output for scripts")
+        return p
+
+    client("status", "daemon status").set_defaults(func=cmd_status)
+    client("ls", "list functions").set_defaults(func=cmd_ls)
+    p = client("show", "one function and its containers")
     p.add_argument("name")
-    p.add_argument("--url", default="http://127.0.0.1:8080", help="the invoke API")
+    p.set_defaults(func=cmd_show)
+    p = client("deploy", "deploy or update functions from a TOML file")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_deploy)
+    p = client("rm", "remove a function")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_rm)
+    p = client("scale", "change min_warm / max_containers")
+    p.add_argument("name")
+    p.add_argument("--min-warm", type=int)
+    p.add_argument("--max", type=int, help="max_containers")
+    p.set_defaults(func=cmd_scale)
+    p = client("invoke", "invoke a function (body from stdin, answer to stdout)")
+    p.add_argument("name")
     p.set_defaults(func=cmd_invoke)
+    client("drain", "finish calls in flight, then stop the daemon").set_defaults(func=cmd_drain)
+    client("reload", "re-read the config file").set_defaults(func=cmd_reload)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except CliError as e:
+        print(f"kiln: {e}", file=sys.stderr)
+        return 1
     return code
 
 

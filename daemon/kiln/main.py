@@ -210,7 +210,9 @@ async def run_daemon(
                         watch_signals, drain_requested.set, force, lambda: root.start_soon(reload)
                     )
                 await root.start(janitor.run)
-                root.start_soon(sweep_orphans, docker, identity)
+                # Before serving: what a crashed run left is gone before we start anew
+                # (bounded in time; see kiln.sweep).
+                await sweep_orphans(docker, identity)
                 await root.start(supervisors.run, functions)
                 servers_down = trio.Event()
                 servers_stop = trio.Event()

@@ -13,6 +13,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -87,7 +88,34 @@ class Daemon:
     proc: subprocess.Popen[bytes]
     url: str
     daemon_id: str
+    config_path: Path = Path()
+    socket: str = ""
+    expected_exit: int = 0
     log_lines: list[str] = field(default_factory=list)
+    log_changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def wait_log(self, text: str, timeout: float = 30) -> bool:
+        """Wait (woken by each new log line) until a line containing `text` appears."""
+        with self.log_changed:
+            return self.log_changed.wait_for(
+                lambda: any(text in line for line in self.log_lines), timeout
+            )
+
+    def control(self) -> httpx.Client:
+        return httpx.Client(
+            transport=httpx.HTTPTransport(uds=self.socket), base_url="http://kiln", timeout=60
+        )
+
+    def cli(self, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        """Run the `kiln` CLI against this daemon's control socket."""
+        return subprocess.run(
+            [sys.executable, "-m", "kiln.cli", *args],
+            input=stdin,
+            capture_output=True,
+            env={**os.environ, "KILN_SOCKET": self.socket},
+            timeout=120,
+            check=False,
+        )
 
     def invoke(self, name: str, body: bytes = b"", **kw: Any) -> httpx.Response:
         return httpx.post(f"{self.url}/invoke/{name}", content=body, timeout=120, **kw)
@@ -105,9 +133,16 @@ class Daemon:
 def start_daemon(docker: httpx.Client, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     """Start ``kiln daemon`` with the given functions (and extra config sections)."""
     daemons: list[Daemon] = []
+    short_dir = tempfile.mkdtemp(prefix="kiln-")
 
-    def start(functions: dict[str, dict[str, Any]], **sections: dict[str, Any]) -> Daemon:
-        daemon_id = "t" + secrets.token_hex(4)
+    def start(
+        functions: dict[str, dict[str, Any]],
+        *,
+        daemon_id: str | None = None,
+        expect_ready: bool = True,
+        **sections: dict[str, Any],
+    ) -> Daemon:
+        daemon_id = daemon_id or "t" + secrets.token_hex(4)
         port = free_port()
         config: dict[str, dict[str, Any]] = {
             "daemon": {
@@ -115,7 +150,7 @@ def start_daemon(docker: httpx.Client, tmp_path: Path) -> Iterator[Callable[...,
                 "id": daemon_id,
                 "run_dir": str(tmp_path / f"{daemon_id}-run"),
                 "state_dir": str(tmp_path / f"{daemon_id}-state"),
-                "control_socket": str(tmp_path / f"{daemon_id}.sock"),
+                "control_socket": f"{short_dir}/{daemon_id}.sock",  # AF_UNIX: 108 bytes max
                 **sections.pop("daemon", {}),
             },
             "docker": {"socket": DOCKER_SOCK, **sections.pop("docker", {})},
@@ -132,7 +167,13 @@ def start_daemon(docker: httpx.Client, tmp_path: Path) -> Iterator[Callable[...,
             stdout=subprocess.DEVNULL,
             cwd=REPO,
         )
-        daemon = Daemon(proc, f"http://127.0.0.1:{port}", daemon_id)
+        daemon = Daemon(
+            proc,
+            f"http://127.0.0.1:{port}",
+            daemon_id,
+            config_path=path,
+            socket=str(config["daemon"]["control_socket"]),
+        )
         daemons.append(daemon)
         ready = threading.Event()
 
@@ -140,12 +181,16 @@ def start_daemon(docker: httpx.Client, tmp_path: Path) -> Iterator[Callable[...,
             assert proc.stderr is not None
             for raw in proc.stderr:
                 line = raw.decode("utf-8", "replace").rstrip()
-                daemon.log_lines.append(line)
+                with daemon.log_changed:
+                    daemon.log_lines.append(line)
+                    daemon.log_changed.notify_all()
                 if "invoke API listening on" in line:
                     ready.set()
             ready.set()  # the process ended: stop waiting
 
         threading.Thread(target=read_log, daemon=True).start()
+        if not expect_ready:
+            return daemon
         if not ready.wait(30) or proc.poll() is not None:
             pytest.fail(f"kiln daemon did not start:\n{daemon.log()}")
         return daemon
@@ -153,7 +198,7 @@ def start_daemon(docker: httpx.Client, tmp_path: Path) -> Iterator[Callable[...,
     yield start
     for daemon in daemons:
         code = daemon.stop()
-        assert code == 0, f"daemon exited {code}:\n{daemon.log()}"
+        assert code == daemon.expected_exit, f"daemon exited {code}:\n{daemon.log()}"
         left = kiln_containers(docker, daemon.daemon_id)
         assert left == [], f"containers left behind by daemon {daemon.daemon_id}: {left}"
 
