@@ -34,11 +34,12 @@ async def run_clients(
     """`clients` concurrent loops for `seconds`; returns (calls done, latencies)."""
     latencies: list[float] = []
     done = 0
+
+    calls = [await make_call() for _ in range(clients)]  # connect first, one by one
     deadline = trio.current_time() + seconds
 
-    async def loop() -> None:
+    async def loop(call: Call) -> None:
         nonlocal done
-        call = await make_call()
         while trio.current_time() < deadline:
             t0 = time.perf_counter()
             await call()
@@ -46,8 +47,8 @@ async def run_clients(
             done += 1
 
     async with trio.open_nursery() as nursery:
-        for _ in range(clients):
-            nursery.start_soon(loop)
+        for call in calls:
+            nursery.start_soon(loop, call)
     return done, latencies
 
 

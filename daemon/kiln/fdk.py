@@ -113,7 +113,7 @@ def listener_path(url: str | None = None) -> str:
     return "/" + url[len("unix:") :].lstrip("/")
 
 
-def bind_listener(path: str, backlog: int = 16) -> socket.socket:
+def bind_listener(path: str, backlog: int = 128) -> socket.socket:
     """Bind and listen on ``phony<random>.sock`` beside ``path``, then symlink ``path`` to it.
 
     The symlink is relative and made last, so ``path`` appears only once the
