@@ -40,6 +40,17 @@ def error_body(code: str, message: str) -> bytes:
     return json.dumps({"error": {"code": code, "message": message}}).encode() + b"\n"
 
 
+async def lifespan(receive: Receive, send: Send) -> None:
+    """ASGI lifespan: Kiln's apps have nothing to set up, so just acknowledge."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 class ClientGone(Exception):
     """The caller disconnected before its call was answered."""
 
@@ -93,13 +104,7 @@ class InvokeApp:
             log.info("call %s: caller disconnected", call_id)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await lifespan(receive, send)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         for key, value in scope["headers"]:

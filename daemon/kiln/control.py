@@ -28,7 +28,7 @@ import socket
 import stat
 from typing import Any
 
-from kiln.api import Receive, Scope, Send, error_body, new_call_id
+from kiln.api import Receive, Scope, Send, error_body, lifespan, new_call_id
 from kiln.controller import BadRequest, Controller
 from kiln.errors import CallError, NotFound
 from kiln.functions import parse_function
@@ -91,13 +91,8 @@ class ControlApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         call_id = new_call_id()
