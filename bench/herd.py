@@ -49,7 +49,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--functions", type=int, default=1000)
     parser.add_argument("--fit", type=int, default=50)
-    parser.add_argument("--queue-wait", type=float, default=120)
+    parser.add_argument("--queue-wait", type=float, default=600)
+    parser.add_argument("--start-timeout", type=float, default=60)
     args = parser.parse_args()
     fns = {
         f"f{i}": {
@@ -58,6 +59,7 @@ def main() -> None:
             "format": "http-stream",
             "memory": f"{MEMORY_MIB}MiB",
             "idle_timeout": 600,
+            "start_timeout": args.start_timeout,
         }
         for i in range(args.functions)
     }
@@ -88,7 +90,7 @@ def main() -> None:
             timeout=60,
         )
         creates = [json.loads(line) for line in events.text.splitlines() if line.strip()]
-    per_second = collections.Counter(int(e["timeNano"] // 1_000_000_000) for e in creates)
+    per_second = collections.Counter(int(int(str(e["timeNano"])) // 1_000_000_000) for e in creates)
     ok = [t for s, t in results if s == 200]
     statuses = collections.Counter(s for s, _ in results)
     print(

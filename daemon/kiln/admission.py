@@ -441,6 +441,11 @@ class MemoryPool:
         self._waiting_bytes -= waiter.amount
         self._grant()  # the head may have changed
 
+    def candidates_changed(self) -> None:
+        """An idle container just appeared somewhere: a waiter short of memory may
+        now be able to evict it. (The evictor calls this; cheap when nobody waits.)"""
+        self._grant()
+
     def _release(self, reservation: Reservation) -> None:
         if reservation._released:
             return

@@ -370,6 +370,8 @@ class FunctionPool:
         self._idle.append(c)
         if c.idle_scope is not None:
             c.idle_scope.deadline = c.idle_since + self.spec.idle_timeout
+        # an eviction candidate appeared: a waiter of another function may take it
+        self.memory.candidates_changed()
 
     def _release(self, c: HotContainer, *, broken: str | None) -> None:
         c.current_call = None

@@ -140,6 +140,7 @@ def start_daemon(docker: httpx.Client, tmp_path: Path) -> Iterator[Callable[...,
         *,
         daemon_id: str | None = None,
         expect_ready: bool = True,
+        env: dict[str, str] | None = None,
         **sections: dict[str, Any],
     ) -> Daemon:
         daemon_id = daemon_id or "t" + secrets.token_hex(4)
@@ -166,6 +167,7 @@ def start_daemon(docker: httpx.Client, tmp_path: Path) -> Iterator[Callable[...,
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             cwd=REPO,
+            env={**os.environ, **(env or {})},
         )
         daemon = Daemon(
             proc,

@@ -3,6 +3,7 @@ sweep, reload, socket permissions, metrics. Real daemon, real Docker."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -204,3 +205,39 @@ def test_metrics_parse_and_move(start_daemon: Callable[..., Daemon]) -> None:
         "kiln_cold_starts",
     ):
         assert expected in names
+
+
+def test_sd_notify_ready_watchdog_stopping(
+    start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    import socket as pysocket
+    import time
+
+    path = str(tmp_path / "notify.sock")
+    receiver = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_DGRAM)
+    receiver.bind(path)
+    receiver.settimeout(10)
+    kiln = start_daemon({"echo": ECHO}, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
+    messages: list[tuple[float, bytes]] = []
+
+    def recv() -> bytes:
+        data = receiver.recv(4096)
+        messages.append((time.monotonic(), data))
+        return data
+
+    seen: list[bytes] = []
+    while not any(m.startswith(b"READY=1") for m in seen):
+        seen.append(recv())
+    ready = next(m for m in seen if m.startswith(b"READY=1"))
+    assert b"STATUS=1 function(s)" in ready
+    pings = [t for t, m in messages if m == b"WATCHDOG=1"]
+    while len(pings) < 4:
+        if recv() == b"WATCHDOG=1":
+            pings.append(messages[-1][0])
+    gaps = [b - a for a, b in itertools.pairwise(pings[1:])]
+    assert all(0.25 < g < 1.0 for g in gaps), gaps  # every half of WATCHDOG_USEC = 0.5 s
+    kiln.proc.send_signal(signal.SIGTERM)
+    while recv() != b"STOPPING=1":
+        pass
+    assert kiln.proc.wait(30) == 0
+    receiver.close()

@@ -201,3 +201,20 @@ async def test_eviction_takes_idle_not_busy(autojump_clock: trio.testing.MockClo
         pools = {p.function: p for p in s.supervisors.statistics()}
         assert pools["a"].evicted_total == 1
         assert pools["slow_a"].evicted_total == 0
+
+
+async def test_waiter_evicts_a_container_that_goes_idle_later(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The waiter queued while every container was busy; one goes idle afterwards."""
+    fns = functions(a=hot("hot_slow", idle_timeout=600, timeout=30), b=hot("hot_echo"))
+    async with stack(fns, capacity=128 * MiB, queue_wait=60) as s:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(request, s.app, "POST", "/invoke/a", b"x")  # busy for 5 s
+            await trio.sleep(1)
+            t0 = trio.current_time()
+            reply = await request(s.app, "POST", "/invoke/b", b"y")
+            assert reply.status == 200
+            # served as soon as a's container went idle (at ~5.3 s) and was evicted
+            assert trio.current_time() - t0 < 6
+        assert live(s, "a") == []
