@@ -123,6 +123,7 @@ class HotContainer:
     exit_code: int | None = None
     log_tail: StderrTail = field(default_factory=StderrTail)
     retire_reason: str = ""
+    create_sent: bool = False
 
     def retire_now(self, reason: str) -> None:
         if not self.retire.is_set():
@@ -578,6 +579,7 @@ class FunctionPool:
             binds=[f"{iofs}:/tmp/iofs"],
         )
         try:
+            c.create_sent = True
             c.cid = await self.docker.create_container(config, name=c.name)
             await self.docker.start(c.cid)
         except DockerError as e:
@@ -700,6 +702,9 @@ class FunctionPool:
     async def _remove(self, c: HotContainer) -> None:
         if c.conn is not None:
             await c.conn.aclose()
-        if c.cid is None:
+        # A create cancelled or timed out after Docker got it may still have made the
+        # container: its name is deterministic, so remove it by name.
+        target = c.cid or (c.name if c.create_sent else None)
+        if target is None:
             return
-        await remove_container(self.docker, c.cid, self.spec.name, self.janitor)
+        await remove_container(self.docker, target, self.spec.name, self.janitor)

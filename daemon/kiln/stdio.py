@@ -22,7 +22,6 @@ from kiln.docker import (
     AttachStream,
     DockerClient,
     DockerError,
-    DockerTimeout,
     DockerUnreachable,
 )
 from kiln.errors import CallError, CallTimeout, FunctionFailed
@@ -153,13 +152,12 @@ async def run_stdio(
     """
     name = container_name(identity, spec.name, call_id)
     config = container_config(spec, identity, stdio=True, extra_labels={"kiln.call": call_id})
-    cid: str | None = None
+    # Until create returns, the container may or may not exist (a create that timed
+    # out or whose caller was cancelled may still have made it): its name is
+    # deterministic, so cleanup removes it by name.
+    cid: str | None = name
     try:
-        try:
-            cid = await docker.create_container(config, name=name)
-        except DockerTimeout:
-            cid = name  # it may exist after all: remove it by name below
-            raise
+        cid = await docker.create_container(config, name=name)
         async with docker.attach(cid) as stream:
             await docker.start(cid)
             with trio.move_on_after(spec.timeout) as scope:
