@@ -54,7 +54,7 @@ import_image() {  # $1 = rootfs dir, $2 = image, $3 = inputs hash, $4 = CMD json
 build_busybox() {
   local image=kiln-test/busybox:latest bb hash
   bb="$(busybox_bin)"
-  hash="$( (sha256sum "$bb"; sha256sum "${BASH_SOURCE[0]}") | sha256sum | cut -c1-16)"
+  hash="$(cat "$bb" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-16)"
   if [[ $FORCE -eq 0 && "$(current_label $image)" == "$hash" ]]; then log "$image up to date"; return; fi
   local root; root="$(mktemp -d)"
   add_base "$root" "$bb"
@@ -70,7 +70,7 @@ build_python() {
     mapfile -t fn_files < <(find "$REPO/tests/images/functions" -maxdepth 1 -type f | sort)
   fi
   [[ -f "$REPO/daemon/kiln/fdk.py" ]] && fn_files+=("$REPO/daemon/kiln/fdk.py")
-  hash="$( (sha256sum "$bb" "${BASH_SOURCE[0]}"; [[ ${#fn_files[@]} -eq 0 ]] || sha256sum "${fn_files[@]}") | sha256sum | cut -c1-16)"
+  hash="$( (cat "$bb" "${BASH_SOURCE[0]}"; [[ ${#fn_files[@]} -eq 0 ]] || cat "${fn_files[@]}") | sha256sum | cut -c1-16)"
   if [[ $FORCE -eq 0 && "$(current_label $image)" == "$hash" ]]; then log "$image up to date"; return; fi
   mkdir -p "$CACHE/debs"
   local missing=()
