@@ -33,6 +33,11 @@ curl -sf "$URL/healthz" >/dev/null || { echo "kiln daemon did not come up:"; cat
 echo "[quickstart] POST $URL/invoke/echo"
 curl -s -i -X POST --data 'hello from kiln' "$URL/invoke/echo"
 echo
+echo "[quickstart] POST $URL/invoke/hot-echo twice (a hot function: the 2nd call reuses the container)"
+curl -s -X POST --data 'hot hello' -D - "$URL/invoke/hot-echo" | grep -iE '^(HTTP|kiln-)'
+curl -s -X POST --data 'hot hello' -D - "$URL/invoke/hot-echo" | grep -iE '^(HTTP|kiln-)'
+echo "[quickstart] kiln ls (over the control socket)"
+.venv/bin/kiln ls
 
 if [[ $KEEP -eq 0 ]]; then
   kill -TERM "$PID"
