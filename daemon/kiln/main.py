@@ -5,7 +5,7 @@
     root nursery
     ├── signals: SIGTERM/SIGINT → graceful stop (a second one: stop now)
     ├── Docker client (one httpx.AsyncClient on the socket)
-    └── invoke API server (hypercorn, Trio worker)
+    └── invoke + control API servers (kiln.httpserver: h11 on Trio)
 
 Cancelling the root cancels every call, and every call's ``finally`` removes
 its container (shielded, bounded), so a stopped daemon leaves nothing behind.
@@ -22,8 +22,6 @@ from functools import partial
 from pathlib import Path
 
 import trio
-from hypercorn.config import Config as HyperConfig
-from hypercorn.trio import serve
 
 from kiln import __version__
 from kiln.admission import MemoryPool
@@ -36,6 +34,7 @@ from kiln.docker import DockerClient, DockerError, DockerTimeout, DockerUnreacha
 from kiln.errors import CallError
 from kiln.functions import FunctionSpec
 from kiln.hostmem import plan_capacity, read_host_resources
+from kiln.httpserver import open_listeners, serve_asgi
 from kiln.invoke import Invoker
 from kiln.janitor import Janitor
 from kiln.metrics import Metrics
@@ -65,17 +64,6 @@ def check_functions_fit(functions: Iterable[FunctionSpec], capacity: int) -> Non
                 f"functions.{spec.name}.memory: {format_size(spec.memory)} can never fit: "
                 f"Kiln has {format_size(capacity)} for containers on this host ([limits] memory)"
             )
-
-
-def hypercorn_config(listen: str, graceful_timeout: float) -> HyperConfig:
-    hc = HyperConfig()
-    hc.bind = [listen]
-    hc.accesslog = None
-    hc.errorlog = logging.getLogger("kiln.http")
-    hc.graceful_timeout = graceful_timeout
-    hc.keep_alive_timeout = 75.0
-    hc.include_server_header = False
-    return hc
 
 
 async def watch_signals(
@@ -190,6 +178,13 @@ async def run_daemon(
             )
             app = InvokeApp(invoker, max_body=config.daemon.max_body, metrics=metrics)
             control_app = ControlApp(controller)
+            try:
+                invoke_listeners = await open_listeners(config.daemon.listen)
+            except OSError as e:
+                raise FatalStartupError(
+                    f"cannot listen on {config.daemon.listen} ([daemon] listen): {e.strerror or e}"
+                ) from e
+            control_listeners = await open_listeners(f"fd://{control_sock.detach()}")
             async with trio.open_nursery() as root:
 
                 async def reload() -> None:
@@ -223,18 +218,20 @@ async def run_daemon(
                     async with trio.open_nursery() as n:
                         binds = await n.start(
                             partial(
-                                serve,
-                                app,  # type: ignore[arg-type]
-                                hypercorn_config(config.daemon.listen, SERVER_GRACE),
-                                shutdown_trigger=servers_stop.wait,
+                                serve_asgi,
+                                app,
+                                invoke_listeners,
+                                shutdown=servers_stop,
+                                grace=SERVER_GRACE,
                             )
                         )
                         await n.start(
                             partial(
-                                serve,
-                                control_app,  # type: ignore[arg-type]
-                                hypercorn_config(f"fd://{control_sock.detach()}", SERVER_GRACE),
-                                shutdown_trigger=servers_stop.wait,
+                                serve_asgi,
+                                control_app,
+                                control_listeners,
+                                shutdown=servers_stop,
+                                grace=SERVER_GRACE,
                             )
                         )
                         task_status.started(binds)
