@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
+import psutil
 import trio
 
 from _common import PYTHON, KeepAliveClient, kiln_daemon, percentile
@@ -105,13 +106,17 @@ async def measure(seconds: float) -> dict[str, dict[str, float]]:
 async def series(make_call: Callable[[], Awaitable[Call]], seconds: float) -> dict[str, float]:
     out: dict[str, float] = {}
     await run_clients(make_call, 1, 0.5)  # warm-up
+    calls = 0
     n, lat = await run_clients(make_call, 1, seconds)
+    calls += n
     out["p50"] = percentile(lat, 50) * 1000
     out["p99"] = percentile(lat, 99) * 1000
     out["c1"] = n / seconds
     for c in (8, 64):
         n, _ = await run_clients(make_call, c, seconds)
+        calls += n
         out[f"c{c}"] = n / seconds
+    out["calls"] = calls
     return out
 
 
@@ -146,8 +151,13 @@ def main() -> None:
             "idle_timeout": 600,
         }
     }
-    with kiln_daemon(fns) as (url, _proc, _id):
+    with kiln_daemon(fns) as (url, proc, _id):
+        daemon = psutil.Process(proc.pid)
+        t = daemon.cpu_times()
         results["kiln"] = trio.run(measure_kiln, url, args.seconds)
+        t2 = daemon.cpu_times()
+        cpu = (t2.user - t.user) + (t2.system - t.system)
+        results["kiln"]["cpu_us"] = cpu / results["kiln"]["calls"] * 1e6
     d, k = results["direct"], results["kiln"]
     print(f"hot FDK echo ({len(BODY)} B body), {args.seconds:g} s per figure")
     print(f"{'':10}{'p50 ms':>9}{'p99 ms':>9}{'1 cl/s':>9}{'8 cl/s':>9}{'64 cl/s':>9}")
@@ -155,6 +165,7 @@ def main() -> None:
         print(
             f"{label:10}{r['p50']:9.2f}{r['p99']:9.2f}{r['c1']:9.0f}{r['c8']:9.0f}{r['c64']:9.0f}"
         )
+    print(f"kiln daemon CPU per call (all phases, warm-ups included): {k['cpu_us']:.0f} µs")
     print(
         f"{'kiln/dir':10}{k['p50'] / d['p50']:8.2f}x{k['p99'] / d['p99']:8.2f}x"
         f"{k['c1'] / d['c1']:8.2f}x{k['c8'] / d['c8']:8.2f}x{k['c64'] / d['c64']:8.2f}x"
