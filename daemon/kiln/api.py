@@ -1,4 +1,4 @@
-"""The invoke API: a plain ASGI app served by hypercorn's Trio worker.
+"""The invoke API: a plain ASGI app, served by :mod:`kiln.httpserver`.
 
 ``POST /invoke/{name}`` runs a call; ``GET /healthz`` says the daemon is up.
 Every response carries ``Kiln-Call-Id``; every error body is
