@@ -24,6 +24,7 @@ import psutil
 import trio
 
 from _common import KeepAliveClient, free_port
+from kiln.api import lifespan
 from kiln.httpserver import Receive, Scope, Send
 
 BODY = b"hello kiln " * 10
@@ -32,13 +33,7 @@ BODY = b"hello kiln " * 10
 async def echo_app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "http":
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send)
         return
     chunks = []
     while True:
