@@ -19,10 +19,11 @@ if ! command -v dockerd >/dev/null || ! command -v docker-init >/dev/null || ! [
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io busybox-static curl >/dev/null
 fi
 
-if ! command -v systemd-analyze >/dev/null; then
-  log "installing systemd (for systemd-analyze verify of the unit)"
+# systemd-analyze verifies the unit; it needs ExecReload's /bin/kill (procps).
+if ! command -v systemd-analyze >/dev/null || ! [[ -x /bin/kill ]]; then
+  log "installing systemd and procps (for systemd-analyze verify of the unit)"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd procps >/dev/null
 fi
 
 if ! docker_answers; then
@@ -32,13 +33,7 @@ if ! docker_answers; then
     docker_answers && break
     sleep 0.5
   done
-  if ! command -v systemd-analyze >/dev/null; then
-  log "installing systemd (for systemd-analyze verify of the unit)"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
-fi
-
-if ! docker_answers; then
+  if ! docker_answers; then
     log "dockerd did not answer on $SOCK within 60 s; last lines of its log:"
     tail -n 30 "$DOCKERD_LOG" >&2 || true
     exit 1
