@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +19,7 @@ from kiln.admission import MemoryPool
 from kiln.config import Config, ConfigError, load
 from kiln.docker import DockerClient, DockerError
 from kiln.errors import CallError, NotFound
-from kiln.functions import FunctionSpec
+from kiln.functions import FunctionSpec, never_fits
 from kiln.invoke import Invoker
 from kiln.store import FunctionStore
 from kiln.supervisors import Supervisors
@@ -70,7 +69,7 @@ class Controller:
         self.store = store
         self.capacity = capacity
         self.on_drain = on_drain
-        self.started_at = time.time()
+        self.started_at = trio.current_time()
         self._lock = trio.Lock()  # one change at a time
 
     # ---- queries -------------------------------------------------------------
@@ -133,7 +132,7 @@ class Controller:
             reachable = False
         return {
             "version": __version__,
-            "uptime": round(time.time() - self.started_at, 1),
+            "uptime": round(trio.current_time() - self.started_at, 1),
             "memory": {
                 "total": m.capacity,
                 "reserved": m.reserved,
@@ -152,12 +151,9 @@ class Controller:
     # ---- changes -------------------------------------------------------------
 
     def _check_fits(self, spec: FunctionSpec) -> None:
-        if spec.memory > self.capacity:
-            raise BadRequest(
-                f"functions.{spec.name}.memory: {format_size(spec.memory)} can never fit: "
-                f"Kiln has {format_size(self.capacity)} for containers on this host",
-                code="bad_spec",
-            )
+        problem = never_fits(spec, self.capacity)
+        if problem is not None:
+            raise BadRequest(problem, code="bad_spec")
 
     async def _apply(self, spec: FunctionSpec) -> None:
         old = self.invoker.functions.get(spec.name)

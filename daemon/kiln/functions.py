@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from kiln.units import MiB
+from kiln.units import MiB, format_size
 from kiln.validate import Table, fail
 
 Format = Literal["stdio", "http-stream"]
@@ -69,6 +69,16 @@ class FunctionSpec:
         if self.rate is not None:
             out["rate"] = self.rate
         return out
+
+
+def never_fits(spec: FunctionSpec, capacity: int) -> str | None:
+    """Why ``spec`` can never be admitted in a pool of ``capacity`` bytes, or None."""
+    if spec.memory <= capacity:
+        return None
+    return (
+        f"functions.{spec.name}.memory: {format_size(spec.memory)} can never fit: "
+        f"Kiln has {format_size(capacity)} for containers on this host ([limits] memory)"
+    )
 
 
 def check_name(name: str, path: str) -> None:

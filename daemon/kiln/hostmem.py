@@ -24,7 +24,7 @@ own cgroup, so Kiln's limit does not bound them. Using it anyway is the
 conservative choice the design asks for: an operator who confines the Kiln
 service to 4 GiB expects Kiln not to hand out more than that.
 
-The pure part (:func:`plan_capacity`, :func:`pool_capacity`) does no I/O.
+The pure part (:func:`plan_capacity`) does no I/O.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ __all__ = [
     "CapacityPlan",
     "HostResources",
     "plan_capacity",
-    "pool_capacity",
     "read_host_resources",
 ]
 
@@ -352,16 +351,3 @@ def plan_capacity(
         cap=cap,
         capacity=capacity,
     )
-
-
-def pool_capacity(
-    res: HostResources,
-    *,
-    cap: int | None,
-    headroom_fraction: float = 0.10,
-    headroom_min: int = 256 * MiB,
-) -> int:
-    """The memory pool size in bytes: ``plan_capacity(...).capacity``."""
-    return plan_capacity(
-        res, cap=cap, headroom_fraction=headroom_fraction, headroom_min=headroom_min
-    ).capacity

@@ -32,7 +32,7 @@ from kiln.control import AnotherKilnRunning, ControlApp, open_control_socket
 from kiln.controller import Controller, merge_functions
 from kiln.docker import DockerClient, DockerError, DockerTimeout, DockerUnreachable
 from kiln.errors import CallError
-from kiln.functions import FunctionSpec
+from kiln.functions import FunctionSpec, never_fits
 from kiln.hostmem import plan_capacity, read_host_resources
 from kiln.httpserver import open_listeners, serve_asgi
 from kiln.invoke import Invoker
@@ -59,11 +59,9 @@ class FatalStartupError(Exception):
 def check_functions_fit(functions: Iterable[FunctionSpec], capacity: int) -> None:
     """A function whose memory can never fit is refused at load time, not at call time."""
     for spec in functions:
-        if spec.memory > capacity:
-            raise FatalStartupError(
-                f"functions.{spec.name}.memory: {format_size(spec.memory)} can never fit: "
-                f"Kiln has {format_size(capacity)} for containers on this host ([limits] memory)"
-            )
+        problem = never_fits(spec, capacity)
+        if problem is not None:
+            raise FatalStartupError(problem)
 
 
 async def watch_signals(

@@ -439,10 +439,7 @@ class FunctionPool:
     ) -> HotResult:
         """Run one call on a hot container. Raises CallError with the caller's status."""
         t0 = trio.current_time()
-        try:
-            c, waited = await self._acquire()
-        except trio.Cancelled:
-            raise
+        c, waited = await self._acquire()
         t_got = trio.current_time()
         cold = waited and c.calls == 0
         start = (c.ready_at - max(t0, c.created_at)) if cold else 0.0

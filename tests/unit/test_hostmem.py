@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.hostmem import HostResources, plan_capacity, pool_capacity, read_host_resources
+from kiln.hostmem import HostResources, plan_capacity, read_host_resources
 from kiln.units import GiB, MiB
 
 AVAIL = 16 * GiB
@@ -203,34 +203,34 @@ def res(limit: int | None, available: int, source: str = "cgroup1") -> HostResou
 def test_capacity_limit_below_available_uses_limit_minus_fraction() -> None:
     r = res(4 * GiB, 16 * GiB)
     # 10% of 4 GiB = 409.6 MiB > 256 MiB minimum
-    assert pool_capacity(r, cap=None) == 4 * GiB - int(4 * GiB * 0.10)
+    assert plan_capacity(r, cap=None).capacity == 4 * GiB - int(4 * GiB * 0.10)
 
 
 def test_capacity_available_below_limit_uses_available() -> None:
     r = res(8 * GiB, 2 * GiB)
-    assert pool_capacity(r, cap=None) == 2 * GiB - 256 * MiB  # min headroom wins
+    assert plan_capacity(r, cap=None).capacity == 2 * GiB - 256 * MiB  # min headroom wins
 
 
 def test_capacity_no_limit_uses_available() -> None:
     r = res(None, 10 * GiB)
-    assert pool_capacity(r, cap=None) == 10 * GiB - GiB
+    assert plan_capacity(r, cap=None).capacity == 10 * GiB - GiB
 
 
 def test_capacity_headroom_min() -> None:
     r = res(1 * GiB, 16 * GiB)
-    assert pool_capacity(r, cap=None) == 1 * GiB - 256 * MiB
-    assert pool_capacity(r, cap=None, headroom_min=0, headroom_fraction=0.0) == 1 * GiB
+    assert plan_capacity(r, cap=None).capacity == 1 * GiB - 256 * MiB
+    assert plan_capacity(r, cap=None, headroom_min=0, headroom_fraction=0.0).capacity == 1 * GiB
 
 
 def test_capacity_floor_zero() -> None:
-    assert pool_capacity(res(100 * MiB, 16 * GiB), cap=None) == 0
+    assert plan_capacity(res(100 * MiB, 16 * GiB), cap=None).capacity == 0
 
 
 def test_capacity_cap_is_an_upper_bound_only() -> None:
     r = res(4 * GiB, 16 * GiB)
-    detected = pool_capacity(r, cap=None)
-    assert pool_capacity(r, cap=1 * GiB) == 1 * GiB
-    assert pool_capacity(r, cap=64 * GiB) == detected
+    detected = plan_capacity(r, cap=None).capacity
+    assert plan_capacity(r, cap=1 * GiB).capacity == 1 * GiB
+    assert plan_capacity(r, cap=64 * GiB).capacity == detected
     plan = plan_capacity(r, cap=64 * GiB)
     assert plan.cap_exceeds_detected
     assert "ignored" in plan.explain()
@@ -249,6 +249,6 @@ def test_explain() -> None:
 def test_bad_arguments() -> None:
     r = res(None, GiB)
     with pytest.raises(ValueError, match="headroom_fraction"):
-        pool_capacity(r, cap=None, headroom_fraction=1.5)
+        plan_capacity(r, cap=None, headroom_fraction=1.5)
     with pytest.raises(ValueError, match="cap"):
-        pool_capacity(r, cap=-1)
+        plan_capacity(r, cap=-1)

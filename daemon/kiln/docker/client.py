@@ -192,12 +192,17 @@ class DockerClient:
         params: Mapping[str, str] | None = None,
         json_body: Any = None,
         ok_statuses: tuple[int, ...] = (),
+        shield: bool = False,
     ) -> httpx.Response:
+        """One short call. ``shield=True`` for mutations: once sent, a mutation
+        finishes (bounded by httpx's timeout), so a departing caller never leaves
+        Docker half-way."""
         t0 = trio.current_time()
         status = "error"
         try:
             async with self.limiter.call():
-                response = await self._http.request(method, path, params=params, json=json_body)
+                with trio.CancelScope(shield=shield):
+                    response = await self._http.request(method, path, params=params, json=json_body)
             status = str(response.status_code)
         except httpx.TimeoutException as e:
             status = "timeout"
@@ -220,29 +225,6 @@ class DockerClient:
                 self.observer(operation, status, trio.current_time() - t0)
         if response.status_code not in ok_statuses:
             raise_for_status(response.status_code, response.content, operation)
-        return response
-
-    async def _mutate(
-        self,
-        method: str,
-        path: str,
-        *,
-        operation: str,
-        params: Mapping[str, str] | None = None,
-        json_body: Any = None,
-        ok_statuses: tuple[int, ...] = (),
-    ) -> httpx.Response:
-        # Shielded: once sent, a mutation finishes (bounded by httpx's timeout),
-        # so a departing caller never leaves Docker half-way.
-        with trio.CancelScope(shield=True):
-            response = await self._request(
-                method,
-                path,
-                operation=operation,
-                params=params,
-                json_body=json_body,
-                ok_statuses=ok_statuses,
-            )
         return response
 
     @staticmethod
@@ -300,12 +282,13 @@ class DockerClient:
         """Create a container (rate-limited as a create). Returns its id. Shielded once sent."""
         params = {"name": name} if name else None
         async with self.limiter.create():
-            response = await self._mutate(
+            response = await self._request(
                 "POST",
                 "/containers/create",
                 operation="create container",
                 params=params,
                 json_body=dict(config),
+                shield=True,
             )
         data = self._json(response, "create container")
         cid = data.get("Id") if isinstance(data, dict) else None
@@ -314,28 +297,34 @@ class DockerClient:
         return cid
 
     async def start(self, cid: str) -> None:
-        await self._mutate(
-            "POST", f"/containers/{cid}/start", operation="start container", ok_statuses=(304,)
+        await self._request(
+            "POST",
+            f"/containers/{cid}/start",
+            operation="start container",
+            ok_statuses=(304,),
+            shield=True,
         )
 
     async def kill(self, cid: str, signal: str = "KILL") -> None:
         """Kill a container. A container that is already stopped or gone is not an error."""
         with contextlib.suppress(DockerNotFound, DockerConflict):
-            await self._mutate(
+            await self._request(
                 "POST",
                 f"/containers/{cid}/kill",
                 operation="kill container",
                 params={"signal": signal},
+                shield=True,
             )
 
     async def remove(self, cid: str, *, force: bool = True) -> bool:
         """Remove a container (and its anonymous volumes). False if it was already gone."""
         try:
-            await self._mutate(
+            await self._request(
                 "DELETE",
                 f"/containers/{cid}",
                 operation="remove container",
                 params={"force": "1" if force else "0", "v": "1"},
+                shield=True,
             )
         except DockerNotFound:
             return False
