@@ -18,12 +18,12 @@ import psutil
 import trio
 import trio.testing
 
-from kiln.admission import MemoryPool
+from kiln.admission.memory import MemoryBudget
 from kiln.units import MiB
 
 
 async def kiln_pool(n: int, hold: float) -> tuple[float, float]:
-    pool = MemoryPool(128 * MiB, queue_max=n + 1, queue_wait=3600)
+    pool = MemoryBudget(128 * MiB, queue_max=n + 1, queue_wait=3600)
     proc = psutil.Process()
     queued = trio.Event()
     release = trio.Event()

@@ -15,9 +15,9 @@ from urllib.parse import urlparse
 import trio
 
 from _common import BUSYBOX, KeepAliveClient, kiln_daemon, percentile
-from kiln.containers import Identity, container_config
+from kiln.containers.spec import Identity, container_config
 from kiln.docker import DockerClient
-from kiln.functions import FunctionSpec
+from kiln.functions.spec import FunctionSpec
 from kiln.units import MiB
 
 # The baseline creates exactly the container Kiln creates (same hardened spec).

@@ -24,7 +24,7 @@ import psutil
 import trio
 
 from _common import KeepAliveClient, free_port
-from kiln.api import lifespan
+from kiln.api.invoke import lifespan
 from kiln.httpserver import Receive, Scope, Send
 
 BODY = b"hello kiln " * 10

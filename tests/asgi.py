@@ -8,7 +8,7 @@ from typing import Any
 
 import trio
 
-from kiln.api import InvokeApp
+from kiln.api.invoke import InvokeApp
 
 
 @dataclass

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import trio
 
-from kiln.admission import MemoryPool
-from kiln.api import InvokeApp
+from kiln.admission.memory import MemoryBudget
+from kiln.api.invoke import InvokeApp
+from kiln.calls.lifecycle import Invoker
 from kiln.config import parse
-from kiln.containers import Identity
+from kiln.containers.janitor import Janitor
+from kiln.containers.spec import Identity
 from kiln.docker import DockerClient
-from kiln.functions import FunctionSpec
-from kiln.invoke import Invoker
-from kiln.janitor import Janitor
+from kiln.functions.spec import FunctionSpec
 from kiln.supervisors import Supervisors
 from kiln.units import GiB
 from tests.fakedocker import FakeDocker, FakeTransport
@@ -31,7 +31,7 @@ def functions(**tables: Mapping[str, object]) -> dict[str, FunctionSpec]:
 class Stack:
     fake: FakeDocker
     docker: DockerClient
-    memory: MemoryPool
+    memory: MemoryBudget
     janitor: Janitor
     invoker: Invoker
     app: InvokeApp
@@ -70,7 +70,7 @@ async def stack(
         FakeDocker() as fake,
         DockerClient("/fake/docker.sock", timeout=docker_timeout, **fake.client_kwargs()) as docker,
     ):
-        memory = MemoryPool(capacity, queue_max=queue_max, queue_wait=queue_wait)
+        memory = MemoryBudget(capacity, queue_max=queue_max, queue_wait=queue_wait)
         janitor = Janitor(docker)
         identity = Identity("test")
         supervisors = Supervisors(

@@ -20,7 +20,7 @@ import trio
 
 from kiln import __version__
 from kiln.config import ConfigError, load
-from kiln.functions import parse_function
+from kiln.functions.spec import parse_function
 from kiln.units import format_size
 
 DEFAULT_CONFIG = "/etc/kiln/config.toml"

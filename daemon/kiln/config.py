@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kiln.functions import FunctionSpec, parse_function
+from kiln.functions.spec import FunctionSpec, parse_function
+from kiln.functions.validate import ConfigError, Table, fail
 from kiln.units import MiB
-from kiln.validate import ConfigError, Table, fail
 
 __all__ = ["Config", "ConfigError", "DaemonConfig", "DockerConfig", "LimitsConfig", "load", "parse"]
 

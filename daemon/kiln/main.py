@@ -24,24 +24,24 @@ from pathlib import Path
 import trio
 
 from kiln import __version__
-from kiln.admission import MemoryPool
-from kiln.api import InvokeApp
+from kiln.admission.hostmem import plan_capacity, read_host_resources
+from kiln.admission.memory import MemoryBudget
+from kiln.admission.ratelimit import DockerLimiter
+from kiln.api.control import AnotherKilnRunning, ControlApp, open_control_socket
+from kiln.api.invoke import InvokeApp
+from kiln.api.operations import Operations, merge_functions
+from kiln.calls.errors import CallError
+from kiln.calls.lifecycle import Invoker
 from kiln.config import Config
-from kiln.containers import Identity
-from kiln.control import AnotherKilnRunning, ControlApp, open_control_socket
-from kiln.controller import Controller, merge_functions
+from kiln.containers.janitor import Janitor
+from kiln.containers.spec import Identity
+from kiln.containers.sweep import sweep_orphans
 from kiln.docker import DockerClient, DockerError, DockerTimeout, DockerUnreachable
-from kiln.errors import CallError
-from kiln.functions import FunctionSpec, never_fits
-from kiln.hostmem import plan_capacity, read_host_resources
+from kiln.functions.spec import FunctionSpec, never_fits
+from kiln.functions.store import FunctionStore
 from kiln.httpserver import open_listeners, serve_asgi
-from kiln.invoke import Invoker
-from kiln.janitor import Janitor
 from kiln.metrics import Metrics
-from kiln.ratelimit import DockerLimiter
-from kiln.store import FunctionStore
 from kiln.supervisors import Supervisors
-from kiln.sweep import sweep_orphans
 from kiln.systemd import Notifier
 from kiln.units import format_size
 
@@ -118,7 +118,7 @@ async def run_daemon(
         create_burst=config.docker.create_burst,
         max_inflight=config.docker.max_inflight,
     )
-    memory = MemoryPool(
+    memory = MemoryBudget(
         plan.capacity,
         queue_max=config.limits.queue_max,
         queue_wait=config.limits.queue_wait,
@@ -164,7 +164,7 @@ async def run_daemon(
                 janitor=janitor,
             )
             metrics.attach(memory=memory, supervisors=supervisors, limiter=limiter, invoker=invoker)
-            controller = Controller(
+            controller = Operations(
                 config=config,
                 invoker=invoker,
                 supervisors=supervisors,
@@ -272,7 +272,7 @@ async def run_daemon(
     log.info("kiln stopped")
 
 
-def status_line(controller: Controller) -> str:
+def status_line(controller: Operations) -> str:
     m = controller.memory.statistics()
     return (
         f"{len(controller.invoker.functions)} function(s), {controller.invoker.inflight} call(s) in flight, "

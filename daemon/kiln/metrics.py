@@ -17,9 +17,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from kiln.admission import MemoryPool
-    from kiln.invoke import Invoker
-    from kiln.ratelimit import DockerLimiter
+    from kiln.admission.memory import MemoryBudget
+    from kiln.admission.ratelimit import DockerLimiter
+    from kiln.calls.lifecycle import Invoker
     from kiln.supervisors import Supervisors
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -89,7 +89,7 @@ class Metrics:
     def attach(
         self,
         *,
-        memory: MemoryPool,
+        memory: MemoryBudget,
         supervisors: Supervisors,
         limiter: DockerLimiter | None,
         invoker: Invoker,
@@ -103,7 +103,7 @@ class Metrics:
 class _StateCollector(Collector):
     def __init__(
         self,
-        memory: MemoryPool,
+        memory: MemoryBudget,
         supervisors: Supervisors,
         limiter: DockerLimiter | None,
         invoker: Invoker,

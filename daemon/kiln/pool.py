@@ -39,18 +39,17 @@ from typing import Protocol
 
 import trio
 
-from kiln.admission import EvictionCandidate, MemoryPool, Reservation
-from kiln.callerrors import docker_call_error
-from kiln.containers import Identity, container_config, container_name
+from kiln.admission.memory import EvictionCandidate, MemoryBudget, Reservation
+from kiln.calls.errors import CallError, CallTimeout, FunctionFailed, Unavailable, docker_call_error
+from kiln.calls.stdio import StderrTail, remove_container
+from kiln.containers.janitor import Janitor
+from kiln.containers.spec import Identity, container_config, container_name
 from kiln.docker import STDOUT, DockerClient, DockerError, Frame
-from kiln.errors import CallError, CallTimeout, FunctionFailed, Unavailable
 from kiln.fncontract import Verdict, call_request_headers, container_env, interpret_response
-from kiln.functions import FunctionSpec
+from kiln.functions.spec import FunctionSpec
 from kiln.herd import containers_to_start, should_retire_idle
 from kiln.httpstream import FnConnection, FnProtocolError
-from kiln.janitor import Janitor
 from kiln.readiness import ListenerInvalid, wait_for_listener
-from kiln.stdio import StderrTail, remove_container
 
 log = logging.getLogger("kiln.pool")
 
@@ -185,7 +184,7 @@ class FunctionPool:
         spec: FunctionSpec,
         *,
         docker: DockerClient,
-        memory: MemoryPool,
+        memory: MemoryBudget,
         identity: Identity,
         iofs_root: Path,
         queue_max: int = 100,

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import trio
 
-from kiln.admission import EvictionCandidate, MemoryPool
-from kiln.containers import Identity
+from kiln.admission.memory import EvictionCandidate, MemoryBudget
+from kiln.containers.janitor import Janitor
+from kiln.containers.spec import Identity
 from kiln.docker import DockerClient
-from kiln.functions import FunctionSpec
-from kiln.janitor import Janitor
+from kiln.functions.spec import FunctionSpec
 from kiln.pool import FunctionPool, FunctionPoolStatistics, ListenerTransport
 
 log = logging.getLogger("kiln.supervisors")
@@ -33,7 +33,7 @@ class Supervisors:
         self,
         *,
         docker: DockerClient,
-        memory: MemoryPool,
+        memory: MemoryBudget,
         identity: Identity,
         iofs_root: Path,
         queue_max: int,

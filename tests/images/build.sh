@@ -2,7 +2,7 @@
 # Build Kiln's test images offline with `docker import` (no registry needed):
 #   kiln-test/busybox:latest  busybox-static and its applets (stdio functions)
 #   kiln-test/python:latest   Python 3.11 from Debian packages + busybox sh, with
-#                             tests/images/functions/* and daemon/kiln/fdk.py in /fn
+#                             tests/images/functions/* and fdk/python/fdk.py in /fn
 # An image whose inputs did not change is not rebuilt (label kiln.inputs); --force rebuilds.
 set -euo pipefail
 
@@ -69,7 +69,7 @@ build_python() {
   if [[ -d "$REPO/tests/images/functions" ]]; then
     mapfile -t fn_files < <(find "$REPO/tests/images/functions" -maxdepth 1 -type f | sort)
   fi
-  [[ -f "$REPO/daemon/kiln/fdk.py" ]] && fn_files+=("$REPO/daemon/kiln/fdk.py")
+  [[ -f "$REPO/fdk/python/fdk.py" ]] && fn_files+=("$REPO/fdk/python/fdk.py")
   hash="$( (cat "$bb" "${BASH_SOURCE[0]}"; [[ ${#fn_files[@]} -eq 0 ]] || cat "${fn_files[@]}") | sha256sum | cut -c1-16)"
   if [[ $FORCE -eq 0 && "$(current_label $image)" == "$hash" ]]; then log "$image up to date"; return; fi
   mkdir -p "$CACHE/debs"

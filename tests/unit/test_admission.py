@@ -1,4 +1,4 @@
-"""admission.MemoryPool on a MockClock: FIFO, bounds, timeouts, cancellation,
+"""admission.MemoryBudget on a MockClock: FIFO, bounds, timeouts, cancellation,
 the async share and eviction."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 import trio
 import trio.testing
 
-from kiln.admission import EvictionCandidate, MemoryPool, Reservation
-from kiln.errors import Unavailable
+from kiln.admission.memory import EvictionCandidate, MemoryBudget, Reservation
+from kiln.calls.errors import Unavailable
 from kiln.units import GiB, MiB
 
 
@@ -25,7 +25,7 @@ def autojump_clock() -> trio.testing.MockClock:
 class Holder:
     """A task that reserves memory and holds it until told to let go."""
 
-    pool: MemoryPool
+    pool: MemoryBudget
     amount: int
     owner: str = "f"
     is_async: bool = False
@@ -69,7 +69,7 @@ def granted(log: list[Holder]) -> list[str]:
     ]
 
 
-def assert_idle(pool: MemoryPool) -> None:
+def assert_idle(pool: MemoryBudget) -> None:
     s = pool.statistics()
     assert (s.reserved, s.reserved_async, s.reservations) == (0, 0, 0)
     assert (s.waiting, s.waiting_bytes, s.evicting_bytes) == (0, 0, 0)
@@ -79,7 +79,7 @@ def assert_idle(pool: MemoryPool) -> None:
 
 
 async def test_reserve_and_release(autojump_clock: trio.testing.MockClock) -> None:
-    pool = MemoryPool(1 * GiB)
+    pool = MemoryBudget(1 * GiB)
     async with pool.reserve(256 * MiB, owner="f") as res:
         assert (res.amount, res.owner, res.is_async) == (256 * MiB, "f", False)
         s = pool.statistics()
@@ -89,7 +89,7 @@ async def test_reserve_and_release(autojump_clock: trio.testing.MockClock) -> No
 
 
 async def test_release_on_exception_in_body(autojump_clock: trio.testing.MockClock) -> None:
-    pool = MemoryPool(100)
+    pool = MemoryBudget(100)
     with pytest.raises(KeyError):
         async with pool.reserve(60, owner="f"):
             raise KeyError("boom")
@@ -99,7 +99,7 @@ async def test_release_on_exception_in_body(autojump_clock: trio.testing.MockClo
 async def test_amount_above_capacity_rejected_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    pool = MemoryPool(1 * GiB)
+    pool = MemoryBudget(1 * GiB)
     t0 = trio.current_time()
     with pytest.raises(Unavailable) as info:
         async with pool.reserve(2 * GiB, owner="big"):
@@ -116,7 +116,7 @@ async def test_amount_above_capacity_rejected_at_once(
 
 
 async def test_fifo_with_mixed_sizes(autojump_clock: trio.testing.MockClock) -> None:
-    pool = MemoryPool(100)
+    pool = MemoryBudget(100)
     log: list[Holder] = []
     async with trio.open_nursery() as nursery:
         a = await start(nursery, Holder(pool, 50, "a"), log)
@@ -149,7 +149,7 @@ async def test_fifo_with_mixed_sizes(autojump_clock: trio.testing.MockClock) -> 
 
 
 async def test_release_wakes_only_satisfiable(autojump_clock: trio.testing.MockClock) -> None:
-    pool = MemoryPool(100)
+    pool = MemoryBudget(100)
     async with trio.open_nursery() as nursery:
         a = await start(nursery, Holder(pool, 100, "a"))
         w1 = await start(nursery, Holder(pool, 40, "w1"))
@@ -171,7 +171,7 @@ async def test_release_wakes_only_satisfiable(autojump_clock: trio.testing.MockC
 
 
 async def test_queue_full_rejected_at_once(autojump_clock: trio.testing.MockClock) -> None:
-    pool = MemoryPool(100, queue_max=2)
+    pool = MemoryBudget(100, queue_max=2)
     async with trio.open_nursery() as nursery:
         a = await start(nursery, Holder(pool, 100))
         w = [await start(nursery, Holder(pool, 10)) for _ in range(2)]
@@ -193,7 +193,7 @@ async def test_queue_full_rejected_at_once(autojump_clock: trio.testing.MockCloc
 
 
 async def test_queue_wait_timeout_is_exact(autojump_clock: trio.testing.MockClock) -> None:
-    pool = MemoryPool(4 * GiB, queue_wait=10.0)
+    pool = MemoryBudget(4 * GiB, queue_wait=10.0)
     async with trio.open_nursery() as nursery:
         holders = [await start(nursery, Holder(pool, 512 * MiB)) for _ in range(7)]
         await trio.sleep(3.7)
@@ -214,7 +214,7 @@ async def test_queue_wait_timeout_is_exact(autojump_clock: trio.testing.MockCloc
 
 
 async def test_timeout_of_head_lets_the_next_in(autojump_clock: trio.testing.MockClock) -> None:
-    pool = MemoryPool(100, queue_wait=5.0)
+    pool = MemoryBudget(100, queue_wait=5.0)
     async with trio.open_nursery() as nursery:
         a = await start(nursery, Holder(pool, 50))
         big = await start(nursery, Holder(pool, 80, "big"))
@@ -233,7 +233,7 @@ async def test_timeout_of_head_lets_the_next_in(autojump_clock: trio.testing.Moc
 
 
 async def test_cancel_while_waiting(autojump_clock: trio.testing.MockClock) -> None:
-    pool = MemoryPool(100)
+    pool = MemoryBudget(100)
     async with trio.open_nursery() as nursery:
         a = await start(nursery, Holder(pool, 50))
         victim = Holder(pool, 80, "victim")
@@ -260,7 +260,7 @@ async def test_cancel_while_waiting(autojump_clock: trio.testing.MockClock) -> N
 
 
 async def test_cancel_while_holding(autojump_clock: trio.testing.MockClock) -> None:
-    pool = MemoryPool(100)
+    pool = MemoryBudget(100)
     with trio.move_on_after(5):
         async with pool.reserve(70, owner="f"):
             assert pool.statistics().reserved == 70
@@ -269,7 +269,7 @@ async def test_cancel_while_holding(autojump_clock: trio.testing.MockClock) -> N
 
 
 async def test_outer_cancel_of_all_waiters(autojump_clock: trio.testing.MockClock) -> None:
-    pool = MemoryPool(100)
+    pool = MemoryBudget(100)
     async with trio.open_nursery() as nursery:
         for i in range(20):
             nursery.start_soon(Holder(pool, 30 + i).run)
@@ -285,7 +285,7 @@ async def test_outer_cancel_of_all_waiters(autojump_clock: trio.testing.MockCloc
 async def test_async_cap_blocked_waiter_does_not_block_sync(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    pool = MemoryPool(100, async_fraction=0.5)
+    pool = MemoryBudget(100, async_fraction=0.5)
     log: list[Holder] = []
     async with trio.open_nursery() as nursery:
         a1 = await start(nursery, Holder(pool, 40, "a1", is_async=True), log)
@@ -306,7 +306,7 @@ async def test_async_cap_blocked_waiter_does_not_block_sync(
 async def test_eligible_async_head_short_of_memory_blocks_sync_behind(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    pool = MemoryPool(100, async_fraction=0.5)
+    pool = MemoryBudget(100, async_fraction=0.5)
     log: list[Holder] = []
     async with trio.open_nursery() as nursery:
         s0 = await start(nursery, Holder(pool, 90, "s0"), log)
@@ -322,7 +322,7 @@ async def test_eligible_async_head_short_of_memory_blocks_sync_behind(
 
 
 async def test_async_above_share_rejected_at_once(autojump_clock: trio.testing.MockClock) -> None:
-    pool = MemoryPool(100, async_fraction=0.5)
+    pool = MemoryBudget(100, async_fraction=0.5)
     with pytest.raises(Unavailable) as info:
         async with pool.reserve(60, owner="f", is_async=True):
             pass
@@ -365,7 +365,7 @@ class FakeEvictor:
 
 
 async def idle_containers(
-    nursery: trio.Nursery, pool: MemoryPool, ev: FakeEvictor, spec: list[tuple[str, int, float]]
+    nursery: trio.Nursery, pool: MemoryBudget, ev: FakeEvictor, spec: list[tuple[str, int, float]]
 ) -> list[Holder]:
     out = []
     for owner, amount, idle_since in spec:
@@ -380,7 +380,7 @@ async def test_evicts_oldest_idle_first_just_enough(
 ) -> None:
     async with trio.open_nursery() as nursery:
         ev = FakeEvictor(nursery)
-        pool = MemoryPool(100, evictor=ev)
+        pool = MemoryBudget(100, evictor=ev)
         idle = await idle_containers(
             nursery, pool, ev, [("f1", 30, 5.0), ("f2", 30, 1.0), ("f3", 30, 3.0)]
         )
@@ -401,7 +401,7 @@ async def test_evicts_oldest_idle_first_just_enough(
 async def test_picks_several_oldest_until_covered(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
         ev = FakeEvictor(nursery)
-        pool = MemoryPool(100, evictor=ev)
+        pool = MemoryBudget(100, evictor=ev)
         idle = await idle_containers(
             nursery,
             pool,
@@ -422,7 +422,7 @@ async def test_never_evicts_the_waiters_own_function(
 ) -> None:
     async with trio.open_nursery() as nursery:
         ev = FakeEvictor(nursery)
-        pool = MemoryPool(100, evictor=ev)
+        pool = MemoryBudget(100, evictor=ev)
         idle = await idle_containers(
             nursery, pool, ev, [("g", 40, 0.0), ("f1", 30, 5.0), ("f2", 30, 3.0)]
         )
@@ -439,7 +439,7 @@ async def test_never_evicts_the_waiters_own_function(
 async def test_evicts_nothing_if_it_cannot_cover(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
         ev = FakeEvictor(nursery)
-        pool = MemoryPool(100, evictor=ev, queue_wait=3.0)
+        pool = MemoryBudget(100, evictor=ev, queue_wait=3.0)
         idle = await idle_containers(
             nursery, pool, ev, [("g", 40, 0.0), ("f1", 20, 5.0), ("f2", 20, 3.0)]
         )
@@ -459,7 +459,7 @@ async def test_evicts_nothing_if_it_cannot_cover(autojump_clock: trio.testing.Mo
 async def test_next_waiter_does_not_evict_twice(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
         ev = FakeEvictor(nursery)
-        pool = MemoryPool(100, evictor=ev)
+        pool = MemoryBudget(100, evictor=ev)
         idle = await idle_containers(nursery, pool, ev, [("f1", 50, 1.0), ("f2", 50, 2.0)])
         g1 = await start(nursery, Holder(pool, 50, "g1"))
         g2 = await start(nursery, Holder(pool, 50, "g2"))
@@ -485,7 +485,7 @@ async def test_eviction_covers_for_the_next_head_when_head_leaves(
 ) -> None:
     async with trio.open_nursery() as nursery:
         ev = FakeEvictor(nursery)
-        pool = MemoryPool(100, evictor=ev)
+        pool = MemoryBudget(100, evictor=ev)
         idle = await idle_containers(nursery, pool, ev, [("f1", 60, 1.0), ("f2", 40, 2.0)])
         scope = trio.CancelScope()
         head = Holder(pool, 60, "g1")

@@ -1,4 +1,4 @@
-"""Property test for MemoryPool: random interleavings of reserve / release /
+"""Property test for MemoryBudget: random interleavings of reserve / release /
 cancel / timeout from many tasks, each example its own ``trio.run`` on a
 MockClock (hypothesis drives Trio's scheduler deterministically)."""
 
@@ -12,8 +12,8 @@ import trio.testing
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from kiln.admission import MemoryPool, Reservation
-from kiln.errors import Unavailable
+from kiln.admission.memory import MemoryBudget, Reservation
+from kiln.calls.errors import Unavailable
 
 CAPACITY = 100
 
@@ -42,7 +42,7 @@ requests = st.builds(
 )
 
 
-class CheckedPool(MemoryPool):
+class CheckedPool(MemoryBudget):
     """Checks the invariants at every grant, with the pool's counters updated."""
 
     def __init__(self, **kwargs: object) -> None:

@@ -94,7 +94,7 @@ def test_unreadable_and_bad_toml(tmp_path: Path) -> None:
 
 
 def test_spec_round_trips_through_json() -> None:
-    from kiln.functions import parse_function
+    from kiln.functions.spec import parse_function
 
     spec = parse(fn(memory="64MiB", rate="5/s", cpus=0.5, env={"K": "v"})).functions["echo"]
     assert parse_function("echo", spec.to_json(), "functions.echo") == spec

@@ -1,4 +1,4 @@
-"""The one-file Python FDK (``kiln/fdk.py``) and the test function scripts.
+"""The one-file Python FDK (``fdk/python/fdk.py``) and the test function scripts.
 
 Its HTTP pieces are tested with plain bytes; then the FDK and the scripts in
 ``tests/images/functions/`` run as subprocesses laid out as in the
@@ -27,14 +27,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from kiln import fdk
+import fdk
 from kiln.fncontract import Verdict, call_request_headers, format_deadline, interpret_response
 from kiln.httpstream import FnConnection, FnProtocolError
 from kiln.readiness import ListenerInvalid, wait_for_listener
 
 REPO = Path(__file__).resolve().parents[2]
 FUNCTIONS = REPO / "tests" / "images" / "functions"
-FDK_FILE = REPO / "daemon" / "kiln" / "fdk.py"
+FDK_FILE = REPO / "fdk" / "python" / "fdk.py"
 START_TIMEOUT = 15.0
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.hostmem import HostResources, plan_capacity, read_host_resources
+from kiln.admission.hostmem import HostResources, plan_capacity, read_host_resources
 from kiln.units import GiB, MiB
 
 AVAIL = 16 * GiB

@@ -10,8 +10,8 @@ import pytest
 import trio
 import trio.testing
 
-from kiln.errors import RateLimited
-from kiln.ratelimit import AsyncTokenBucket, DockerLimiter, InvokeRateLimiter, TokenBucket
+from kiln.admission.ratelimit import AsyncTokenBucket, DockerLimiter, InvokeRateLimiter, TokenBucket
+from kiln.calls.errors import RateLimited
 
 
 @pytest.fixture

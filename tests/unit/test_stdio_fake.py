@@ -8,10 +8,10 @@ import pytest
 import trio
 import trio.testing
 
-from kiln.containers import LABEL_DAEMON, LABEL_FUNCTION, LABEL_INSTANCE
-from kiln.errors import FunctionFailed
-from kiln.functions import FunctionSpec
-from kiln.stdio import ExitInfo, StderrTail, outcome
+from kiln.calls.errors import FunctionFailed
+from kiln.calls.stdio import ExitInfo, StderrTail, outcome
+from kiln.containers.spec import LABEL_DAEMON, LABEL_FUNCTION, LABEL_INSTANCE
+from kiln.functions.spec import FunctionSpec
 from kiln.units import MiB
 from tests.asgi import request
 from tests.harness import functions, stack

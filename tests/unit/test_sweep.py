@@ -5,9 +5,9 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from kiln.containers import Identity
+from kiln.containers.spec import Identity
+from kiln.containers.sweep import sweep_orphans
 from kiln.docker import DockerClient
-from kiln.sweep import sweep_orphans
 from tests.fakedocker import FakeDocker
 
 

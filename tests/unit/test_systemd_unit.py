@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from kiln.config import DaemonConfig, DockerConfig
-from kiln.sweep import SWEEP_TIMEOUT
+from kiln.containers.sweep import SWEEP_TIMEOUT
 
 SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "systemd"
 UNIT = SYSTEMD_DIR / "kiln.service"

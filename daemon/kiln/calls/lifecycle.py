@@ -14,20 +14,19 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from kiln.admission import MemoryPool
-from kiln.callerrors import docker_call_error
-from kiln.containers import Identity
+from kiln.admission.memory import MemoryBudget
+from kiln.admission.ratelimit import InvokeRateLimiter
+from kiln.calls.errors import NotFound, Unavailable, docker_call_error
+from kiln.calls.stdio import run_stdio
+from kiln.containers.janitor import Janitor
+from kiln.containers.spec import Identity
 from kiln.docker import DockerClient, DockerError
-from kiln.errors import NotFound, Unavailable
-from kiln.functions import FunctionSpec
-from kiln.janitor import Janitor
-from kiln.ratelimit import InvokeRateLimiter
-from kiln.stdio import run_stdio
+from kiln.functions.spec import FunctionSpec
 
 if TYPE_CHECKING:
     from kiln.supervisors import Supervisors
 
-log = logging.getLogger("kiln.invoke")
+log = logging.getLogger("kiln.calls")
 
 
 @dataclass
@@ -62,7 +61,7 @@ class Invoker:
         identity: Identity,
         functions: Mapping[str, FunctionSpec],
         max_response: int,
-        memory: MemoryPool | None = None,
+        memory: MemoryBudget | None = None,
         supervisors: Supervisors | None = None,
         janitor: Janitor | None = None,
     ) -> None:
@@ -71,7 +70,7 @@ class Invoker:
         self.identity = identity
         self.functions: dict[str, FunctionSpec] = dict(functions)
         self.max_response = max_response
-        self.memory = memory or MemoryPool(2**62)
+        self.memory = memory or MemoryBudget(2**62)
         self.supervisors = supervisors
         self.draining = False
         self.inflight = 0

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import trio
 
-from kiln.containers import LABEL_DAEMON, LABEL_FUNCTION, LABEL_INSTANCE, Identity
+from kiln.containers.spec import LABEL_DAEMON, LABEL_FUNCTION, LABEL_INSTANCE, Identity
 from kiln.docker import DockerClient, DockerError
 
 log = logging.getLogger("kiln.sweep")

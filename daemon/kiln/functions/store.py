@@ -15,8 +15,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from kiln.functions import FunctionSpec, parse_function
-from kiln.validate import ConfigError
+from kiln.functions.spec import FunctionSpec, parse_function
+from kiln.functions.validate import ConfigError
 
 log = logging.getLogger("kiln.store")
 

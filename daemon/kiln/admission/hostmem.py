@@ -35,7 +35,7 @@ from pathlib import Path, PurePosixPath
 
 import psutil
 
-from .units import MiB, format_size
+from kiln.units import MiB, format_size
 
 __all__ = [
     "CapacityPlan",
@@ -315,7 +315,7 @@ def plan_capacity(
     headroom_fraction: float = 0.10,
     headroom_min: int = 256 * MiB,
 ) -> CapacityPlan:
-    """Work out the memory pool size from ``res`` (pure; see :class:`CapacityPlan`)."""
+    """Work out the memory budget from ``res`` (pure; see :class:`CapacityPlan`)."""
     if not 0 <= headroom_fraction < 1:
         raise ValueError(f"headroom_fraction must be in [0, 1), got {headroom_fraction}")
     if headroom_min < 0:

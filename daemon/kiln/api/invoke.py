@@ -17,8 +17,8 @@ from typing import Any
 
 import trio
 
-from kiln.errors import BodyTooLarge, CallError
-from kiln.invoke import Invoker, Timings
+from kiln.calls.errors import BodyTooLarge, CallError
+from kiln.calls.lifecycle import Invoker, Timings
 from kiln.metrics import CONTENT_TYPE, Metrics
 from kiln.trioutil import open_nursery
 

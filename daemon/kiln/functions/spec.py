@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from kiln.functions.validate import Table, fail
 from kiln.units import MiB, format_size
-from kiln.validate import Table, fail
 
 Format = Literal["stdio", "http-stream"]
 FORMATS: tuple[Format, ...] = ("stdio", "http-stream")

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import trio
 
-from kiln.containers import Identity, container_config, container_name
+from kiln.calls.errors import CallError, CallTimeout, FunctionFailed
+from kiln.containers.janitor import Janitor
+from kiln.containers.spec import Identity, container_config, container_name
 from kiln.docker import (
     STDOUT,
     AttachStream,
@@ -24,9 +26,7 @@ from kiln.docker import (
     DockerError,
     DockerUnreachable,
 )
-from kiln.errors import CallError, CallTimeout, FunctionFailed
-from kiln.functions import FunctionSpec
-from kiln.janitor import Janitor
+from kiln.functions.spec import FunctionSpec
 from kiln.trioutil import open_nursery
 from kiln.units import format_size
 

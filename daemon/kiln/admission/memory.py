@@ -1,4 +1,4 @@
-"""The memory pool: reservations, FIFO waiters, a bounded queue, a wait
+"""The memory budget: reservations, FIFO waiters, a bounded queue, a wait
 timeout, an async share and an eviction hook.
 
 Every container holds a :class:`Reservation` of its function's memory for its
@@ -68,15 +68,15 @@ from typing import Protocol
 
 import trio
 
-from .errors import Unavailable
-from .units import format_size
+from kiln.calls.errors import Unavailable
+from kiln.units import format_size
 
 __all__ = [
     "QUEUE_FULL_RETRY_AFTER",
     "EvictionCandidate",
     "Evictor",
-    "MemoryPool",
-    "PoolStatistics",
+    "MemoryBudget",
+    "MemoryStatistics",
     "Reservation",
     "WaiterInfo",
 ]
@@ -88,7 +88,7 @@ QUEUE_FULL_RETRY_AFTER = 1.0
 
 
 class Reservation:
-    """Memory held for one container. Made only by :meth:`MemoryPool.reserve`.
+    """Memory held for one container. Made only by :meth:`MemoryBudget.reserve`.
 
     ``arrival`` numbers requests in the order they reached the pool and
     ``grant_number`` in the order they were granted (both per pool).
@@ -108,7 +108,7 @@ class Reservation:
 
     def __init__(
         self,
-        pool: MemoryPool,
+        pool: MemoryBudget,
         amount: int,
         owner: str,
         is_async: bool,
@@ -175,8 +175,8 @@ class Evictor(Protocol):
 
 
 @dataclass(frozen=True)
-class PoolStatistics:
-    """Snapshot of a :class:`MemoryPool` (for ``/status``, metrics and tests)."""
+class MemoryStatistics:
+    """Snapshot of a :class:`MemoryBudget` (for ``/status``, metrics and tests)."""
 
     capacity: int
     reserved: int
@@ -216,7 +216,7 @@ class _Waiter:
         self.reservation: Reservation | None = None  # set when granted
 
 
-class MemoryPool:
+class MemoryBudget:
     """A pool of ``capacity`` bytes that containers reserve from (see the
     module docstring for the admission, FIFO, async-share and eviction rules).
 
@@ -288,8 +288,8 @@ class MemoryPool:
             raise ValueError(f"amount must be >= 0, got {amount}")
         return self._reserve(amount, owner, is_async)
 
-    def statistics(self) -> PoolStatistics:
-        return PoolStatistics(
+    def statistics(self) -> MemoryStatistics:
+        return MemoryStatistics(
             capacity=self._capacity,
             reserved=self._reserved,
             reserved_async=self._reserved_async,

@@ -15,17 +15,17 @@ from typing import Any
 import trio
 
 from kiln import __version__
-from kiln.admission import MemoryPool
+from kiln.admission.memory import MemoryBudget
+from kiln.calls.errors import CallError, NotFound
+from kiln.calls.lifecycle import Invoker
 from kiln.config import Config, ConfigError, load
 from kiln.docker import DockerClient, DockerError
-from kiln.errors import CallError, NotFound
-from kiln.functions import FunctionSpec, never_fits
-from kiln.invoke import Invoker
-from kiln.store import FunctionStore
+from kiln.functions.spec import FunctionSpec, never_fits
+from kiln.functions.store import FunctionStore
 from kiln.supervisors import Supervisors
 from kiln.units import format_size
 
-log = logging.getLogger("kiln.controller")
+log = logging.getLogger("kiln.operations")
 
 
 class BadRequest(CallError):
@@ -48,14 +48,14 @@ class ReloadResult:
     ignored_sections: list[str]
 
 
-class Controller:
+class Operations:
     def __init__(
         self,
         *,
         config: Config,
         invoker: Invoker,
         supervisors: Supervisors,
-        memory: MemoryPool,
+        memory: MemoryBudget,
         docker: DockerClient,
         store: FunctionStore,
         capacity: int,

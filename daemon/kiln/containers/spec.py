@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kiln.functions import FunctionSpec
+from kiln.functions.spec import FunctionSpec
 from kiln.units import MiB
 
 LABEL_DAEMON = "kiln.daemon"

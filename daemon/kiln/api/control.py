@@ -28,12 +28,12 @@ import socket
 import stat
 from typing import Any
 
-from kiln.api import Receive, Scope, Send, error_body, lifespan, new_call_id
-from kiln.controller import BadRequest, Controller
-from kiln.errors import CallError, NotFound
-from kiln.functions import parse_function
-from kiln.invoke import Timings
-from kiln.validate import ConfigError
+from kiln.api.invoke import Receive, Scope, Send, error_body, lifespan, new_call_id
+from kiln.api.operations import BadRequest, Operations
+from kiln.calls.errors import CallError, NotFound
+from kiln.calls.lifecycle import Timings
+from kiln.functions.spec import parse_function
+from kiln.functions.validate import ConfigError
 
 log = logging.getLogger("kiln.control")
 
@@ -86,7 +86,7 @@ def _json(data: Any) -> bytes:
 
 
 class ControlApp:
-    def __init__(self, controller: Controller) -> None:
+    def __init__(self, controller: Operations) -> None:
         self.c = controller
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

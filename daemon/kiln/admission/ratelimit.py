@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import trio
 
-from .errors import RateLimited
+from kiln.calls.errors import RateLimited
 
 __all__ = [
     "AsyncTokenBucket",
