@@ -1,15 +1,17 @@
-"""One call, start to finish — the one path every call takes.
+"""One call, start to finish: the one path every call takes.
 
-:meth:`Calls.call` looks the function up, reads the body, refuses while
+:meth:`Calls.call` looks the function up (once), reads the body, refuses while
 draining, applies the function's invoke rate, runs the call (``stdio``: memory
-admission and a fresh container; ``http-stream``: the function's supervisor),
-cancels it when the caller leaves, and records the outcome: timings, metrics
-and one log line. It returns a :class:`CallResult` for every outcome, errors
-included, so the invoke API, the control API's invoke and any other caller
-only translate it to their protocol.
+admission, then a fresh container; ``http-stream``: the function's
+supervisor), cancels it when the caller leaves, and records the outcome: the
+call's metrics and its one log line. It returns a :class:`CallResult` for every
+outcome, errors included, with the call's timings in it, so the invoke API, the
+control API's invoke and a background dispatcher only translate the result to
+their protocol.
 
-Cancellation: cancelling :meth:`Calls.call` cancels the call; the container it
-started is still removed (shielded, bounded; the janitor when Docker is down).
+Cancellation: cancelling the task that runs :meth:`Calls.call` cancels the
+call; a container it started is still removed (shielded and bounded; the
+janitor takes over when Docker is down).
 """
 
 from __future__ import annotations
@@ -33,22 +35,24 @@ if TYPE_CHECKING:
 log = logging.getLogger("kiln.calls")
 
 Headers = list[tuple[bytes, bytes]]
-#: The request body, or how to read it (called once, after the function is found).
+#: The request body, or how to read it: called once, after the function is found,
+#: so a call to an unknown function is refused before its body is read.
 BodySource = bytes | Callable[[], Awaitable[bytes]]
 
-#: nginx's "client closed request": the status a call gets in the log and metrics
-#: when its caller left before the answer.
+#: nginx's "client closed request": a call's status in the log and the metrics
+#: when its caller left before the answer. No response is sent for it.
 CALLER_GONE = 499
 
 
 class CallerGone(Exception):
-    """The caller left before its call was answered (raised by body readers)."""
+    """The caller left before its call was answered (a body reader raises it)."""
 
 
 @dataclass
 class Timings:
-    """Phase durations of one call, in seconds: waiting for memory or a container,
-    starting a container, running the call."""
+    """Phase durations of one call, in seconds: waiting (for memory or a
+    container), starting a container, running the call. ``cold``: the call
+    started a container."""
 
     queue: float = 0.0
     start: float = 0.0
@@ -56,6 +60,7 @@ class Timings:
     cold: bool = False
 
     def header(self) -> bytes:
+        """The ``Kiln-Timing`` header value (milliseconds)."""
         return (
             f"queue={self.queue * 1000:.1f};start={self.start * 1000:.1f};run={self.run * 1000:.1f}"
         ).encode()
@@ -64,7 +69,7 @@ class Timings:
 @dataclass
 class CallResult:
     """How a call ended. ``error`` is set when it failed (``status`` is then the
-    error's); ``status`` is :data:`CALLER_GONE` when the caller left."""
+    error's); ``status`` is :data:`CALLER_GONE` when the caller left first."""
 
     status: int
     body: bytes = b""
@@ -97,6 +102,10 @@ class Calls:
         self._idle = trio.Event()
         self._idle.set()
 
+    def drain(self) -> None:
+        """Refuse new calls from now on (503 ``draining``); calls in flight go on."""
+        self.draining = True
+
     async def wait_idle(self) -> None:
         """Return once no call is in flight (for the drain)."""
         await self._idle.wait()
@@ -110,10 +119,13 @@ class Calls:
         headers: Iterable[tuple[bytes, bytes]] = (),
         caller_gone: Callable[[], Awaitable[None]] | None = None,
     ) -> CallResult:
-        """Run one call of function ``name``; never raises for the call's own failures.
+        """Run one call of function ``name``. Never raises for the call's own
+        failures: they come back as a result with ``error`` set.
 
         ``caller_gone``, if given, returns when the caller has left; the call is
-        then cancelled and the result's status is :data:`CALLER_GONE`.
+        then cancelled and the result's status is :data:`CALLER_GONE`. Without
+        it (a call with no one waiting on a connection) the call runs to its end
+        unless the calling task is cancelled.
         """
         t0 = trio.current_time()
         fn: Function | None = None
@@ -128,18 +140,19 @@ class Calls:
                 )
             if fn.rate is not None:
                 fn.rate.check()
-            result = await self._run_watched(fn, body, call_id, list(headers), caller_gone)
+            result = await self._run_watched(fn, body, call_id, list(headers), caller_gone, timings)
         except CallerGone:
-            result = CallResult(CALLER_GONE)
+            result = CallResult(CALLER_GONE, timings=timings)
         except CallError as e:
-            result = CallResult(e.status, error=e)
+            result = CallResult(e.status, timings=timings, error=e)
+        except trio.Cancelled:
+            self._record(name, fn, call_id, CallResult(CALLER_GONE, timings=timings), t0)
+            raise
         except Exception as e:
             log.exception("call %s of %s failed unexpectedly", call_id, name)
             error = CallError(f"internal error: {type(e).__name__}: {e}")
-            result = CallResult(error.status, error=error)
-        if result.timings is not timings and result.error is not None:
-            result.timings = timings
-        self._record(name, fn, call_id, result, trio.current_time() - t0)
+            result = CallResult(error.status, timings=timings, error=error)
+        self._record(name, fn, call_id, result, t0)
         return result
 
     async def _run_watched(
@@ -149,13 +162,14 @@ class Calls:
         call_id: str,
         headers: Headers,
         caller_gone: Callable[[], Awaitable[None]] | None,
+        timings: Timings,
     ) -> CallResult:
         self.inflight += 1
         if self._idle.is_set():
             self._idle = trio.Event()
         try:
             if caller_gone is None:
-                return await self._run(fn, body, call_id, headers)
+                return await self._run(fn, body, call_id, headers, timings)
             result: CallResult | None = None
             async with open_nursery() as nursery:
 
@@ -165,41 +179,43 @@ class Calls:
 
                 nursery.start_soon(watch)
                 try:
-                    result = await self._run(fn, body, call_id, headers)
+                    result = await self._run(fn, body, call_id, headers, timings)
                 finally:
                     nursery.cancel_scope.cancel()
-            return result if result is not None else CallResult(CALLER_GONE)
+            return result if result is not None else CallResult(CALLER_GONE, timings=timings)
         finally:
             self.inflight -= 1
             if self.inflight == 0:
                 self._idle.set()
 
-    async def _run(self, fn: Function, body: bytes, call_id: str, headers: Headers) -> CallResult:
+    async def _run(
+        self, fn: Function, body: bytes, call_id: str, headers: Headers, timings: Timings
+    ) -> CallResult:
+        """Run the call; ``timings`` holds what is known so far if it raises."""
         spec = fn.spec
         if spec.format == "http-stream":
             supervisor = self.registry.supervisor(spec.name)
             if supervisor is None:
-                raise Unavailable(f"function {spec.name!r} has no supervisor running", retry_after=1)
+                raise Unavailable(
+                    f"function {spec.name!r} has no supervisor running", retry_after=1
+                )
             hot = await supervisor.invoke(call_id, body, headers)
-            return CallResult(
-                hot.status,
-                hot.body,
-                hot.headers,
-                Timings(hot.queue, hot.start, hot.run, hot.cold),
-            )
+            done = Timings(hot.queue, hot.start, hot.run, hot.cold)
+            return CallResult(hot.status, hot.body, hot.headers, done)
         t0 = trio.current_time()
         async with self.memory.reserve(spec.memory, owner=spec.name):
-            queued = trio.current_time() - t0
-            out = await self.stdio.run(spec, call_id, body)
-        return CallResult(
-            200,
-            out.stdout,
-            [(b"content-type", b"application/octet-stream")],
-            Timings(queued, out.start, out.run, cold=True),
-        )
+            admitted = trio.current_time()
+            timings.queue = admitted - t0
+            timings.cold = True
+            try:
+                out = await self.stdio.run(spec, call_id, body)
+            finally:
+                timings.run = trio.current_time() - admitted
+        done = Timings(timings.queue, out.start, out.run, cold=True)
+        return CallResult(200, out.stdout, [(b"content-type", b"application/octet-stream")], done)
 
     def _record(
-        self, name: str, fn: Function | None, call_id: str, result: CallResult, total: float
+        self, name: str, fn: Function | None, call_id: str, result: CallResult, t0: float
     ) -> None:
         t = result.timings
         if self.metrics is not None and fn is not None:
@@ -209,7 +225,7 @@ class Calls:
             name,
             call_id,
             result.status,
-            total * 1000,
+            (trio.current_time() - t0) * 1000,
             t.queue * 1000,
             t.start * 1000,
             t.run * 1000,

@@ -83,8 +83,13 @@ class FunctionRegistry:
     def __len__(self) -> int:
         return len(self._functions)
 
-    def rate_statistics(self) -> list[InvokeRateStatistics]:
-        return [fn.rate.statistics() for fn in self._functions.values() if fn.rate is not None]
+    def rate_statistics(self) -> dict[str, InvokeRateStatistics]:
+        """The invoke rate limiter figures of every function that has a ``rate``."""
+        return {
+            name: fn.rate.statistics()
+            for name, fn in sorted(self._functions.items())
+            if fn.rate is not None
+        }
 
     # ---- changing ------------------------------------------------------------
 
@@ -109,7 +114,9 @@ class FunctionRegistry:
         if self.supervisors is not None:
             self.supervisors.remove(name, reason=reason)
 
-    def rescale(self, name: str, *, min_warm: int | None, max_containers: int | None) -> FunctionSpec:
+    def rescale(
+        self, name: str, *, min_warm: int | None, max_containers: int | None
+    ) -> FunctionSpec:
         """Change ``min_warm``/``max_containers`` in place (no rollover). Raises
         :class:`~kiln.functions.validate.ConfigError` for values no spec could have."""
         fn = self.get(name)
