@@ -8,6 +8,7 @@ from typing import Any
 
 import trio
 
+from kiln.api.control import ControlApp
 from kiln.api.invoke import InvokeApp
 
 
@@ -22,7 +23,7 @@ class Reply:
 
 
 async def request(
-    app: InvokeApp,
+    app: InvokeApp | ControlApp,
     method: str,
     path: str,
     body: bytes = b"",
@@ -52,10 +53,12 @@ async def request(
         elif message["type"] == "http.response.body":
             reply.body += message.get("body", b"")
 
+    path, _, query = path.partition("?")
     scope = {
         "type": "http",
         "method": method,
         "path": path,
+        "query_string": query.encode(),
         "headers": [(b"content-length", str(len(body)).encode()), *(headers or [])],
     }
     await app(scope, receive, send)  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ from kiln.functions.spec import FunctionSpec, parse_function
 from kiln.functions.validate import ConfigError, Table, fail
 from kiln.units import MiB
 
-__all__ = ["Config", "ConfigError", "DaemonConfig", "DockerConfig", "LimitsConfig", "load", "parse"]
+__all__ = ["AsyncConfig", "Config", "ConfigError", "DaemonConfig", "DockerConfig", "LimitsConfig", "load", "parse"]
 
 
 @dataclass(frozen=True)
@@ -51,10 +51,24 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class AsyncConfig:
+    """``[async]``: the durable queue of async calls (kiln.asyncq)."""
+
+    #: "sqlite" (a file under [daemon] state_dir) or a "postgresql://…" URL.
+    store: str = "sqlite"
+    queue_max: int = 100_000
+    #: Seconds finished calls (and their idempotency keys) are kept.
+    retention: float = 24 * 3600.0
+    #: This host's name in the store ("" = "<hostname>/<daemon id>").
+    host: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     docker: DockerConfig = field(default_factory=DockerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    async_: AsyncConfig = field(default_factory=AsyncConfig)
     functions: Mapping[str, FunctionSpec] = field(default_factory=dict)
     source: str = "<defaults>"
 
@@ -124,19 +138,42 @@ def _limits(t: Table) -> LimitsConfig:
     return out
 
 
+def _async(t: Table) -> AsyncConfig:
+    d = AsyncConfig()
+    store = t.string("store", d.store)
+    if store != "sqlite" and not store.startswith(("postgresql://", "postgres://")):
+        fail(t.key("store"), f'must be "sqlite" or a postgresql:// URL, got {store!r}')
+    out = AsyncConfig(
+        store=store,
+        queue_max=t.integer("queue_max", d.queue_max, minimum=0),
+        retention=t.number("retention", d.retention, minimum=0),
+        host=t.string("host", d.host),
+    )
+    t.done()
+    return out
+
+
 def parse(raw: Mapping[str, object], source: str = "<config>") -> Config:
     """Validate a parsed TOML document."""
     top = Table(raw, "")
     daemon = _daemon(top.table("daemon"))
     docker = _docker(top.table("docker"))
     limits = _limits(top.table("limits"))
+    async_ = _async(top.table("async"))
     fns_table = top.table("functions")
     functions = {
         name: parse_function(name, body, fns_table.key(name))
         for name, body in fns_table.raw.items()
     }
     top.done()
-    return Config(daemon=daemon, docker=docker, limits=limits, functions=functions, source=source)
+    return Config(
+        daemon=daemon,
+        docker=docker,
+        limits=limits,
+        async_=async_,
+        functions=functions,
+        source=source,
+    )
 
 
 def load(path: str | Path) -> Config:

@@ -34,6 +34,8 @@ from kiln.admission.hostmem import plan_capacity, read_host_resources
 from kiln.admission.ratelimit import DockerLimiter
 from kiln.api.control import AnotherKilnRunning, open_control_socket
 from kiln.api.operations import Operations, merge_functions
+from kiln.asyncq.queue import default_host, open_store
+from kiln.asyncq.store import Store, StoreError
 from kiln.calls.errors import CallError
 from kiln.config import Config
 from kiln.containers.spec import Identity
@@ -141,6 +143,7 @@ async def run_daemon(
             observer=metrics.observe_docker,
         ) as docker:
             await check_docker(docker)
+            async_store = await open_async_store(config)
             daemon = Daemon.build(
                 config,
                 docker=docker,
@@ -152,6 +155,7 @@ async def run_daemon(
                 metrics=metrics,
                 limiter=limiter,
                 host=host,
+                async_store=async_store,
             )
             controller = daemon.operations
             calls = daemon.calls
@@ -224,7 +228,7 @@ async def run_daemon(
                 task_status.started(binds)
 
                 await drain_requested.wait()
-                calls.drain()
+                daemon.drain()
                 await notifier.stopping()
                 n = calls.inflight
                 log.info(
@@ -243,11 +247,28 @@ async def run_daemon(
                 # Cancel the tree: servers stop, calls still running are cancelled, and
                 # every container task removes its container (shielded, bounded).
                 root.cancel_scope.cancel()
+            if daemon.asyncq is not None:
+                await daemon.asyncq.store.close()
     finally:
         with contextlib.suppress(OSError):
             os.unlink(config.daemon.control_socket)
         notifier.close()
     log.info("kiln stopped")
+
+
+async def open_async_store(config: Config) -> Store:
+    """Open ``[async] store`` (in a thread: it may connect to a database and
+    create or migrate its schema)."""
+    try:
+        store = await trio.to_thread.run_sync(open_store, config)
+    except StoreError as e:
+        raise FatalStartupError(f"[async] store: {e}") from e
+    log.info(
+        "async calls: %s store, host %s",
+        "shared PostgreSQL" if store.shared else "SQLite",
+        default_host(config),
+    )
+    return store
 
 
 def status_line(controller: Operations) -> str:

@@ -25,13 +25,16 @@ import logging
 import os
 import socket
 import stat
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln.api.invoke import Receive, Scope, Send, error_body, lifespan, new_call_id, run_call
 from kiln.api.operations import BadRequest, Operations
 from kiln.calls.errors import CallError, NotFound
 from kiln.functions.spec import parse_function
 from kiln.functions.validate import ConfigError
+
+if TYPE_CHECKING:
+    from kiln.asyncq.http import CallsRoutes
 
 log = logging.getLogger("kiln.control")
 
@@ -86,6 +89,8 @@ def _json(data: Any) -> bytes:
 class ControlApp:
     def __init__(self, controller: Operations) -> None:
         self.c = controller
+        #: ``/calls`` (async calls), when enabled.
+        self.calls_routes: CallsRoutes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -100,6 +105,9 @@ class ControlApp:
             # Kiln-Timing, cancellation when the caller leaves.
             max_body = self.c.config.daemon.max_body
             await run_call(self.c.calls, scope, receive, send, call_id, parts[1], max_body)
+            return
+        if parts[:1] == ["calls"] and self.calls_routes is not None:
+            await self.calls_routes.route(scope, receive, send)
             return
         try:
             status, body, ctype = await self._route(scope, receive)

@@ -17,11 +17,15 @@ import math
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from kiln.asyncq.headers import is_async
 from kiln.calls.errors import BodyTooLarge, CallError
 from kiln.calls.lifecycle import CallerGone, Calls
 from kiln.metrics import CONTENT_TYPE, Metrics
+
+if TYPE_CHECKING:
+    from kiln.asyncq.http import CallsRoutes
 
 log = logging.getLogger("kiln.api")
 
@@ -155,6 +159,8 @@ class InvokeApp:
         self.calls = calls
         self.max_body = max_body
         self.metrics = metrics
+        #: Async calls (``Kiln-Invoke-Type: async``) and ``/calls``, when enabled.
+        self.calls_routes: CallsRoutes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -181,7 +187,14 @@ class InvokeApp:
                 )
                 return
             name = path[len(INVOKE_PREFIX) :]
+            if self.calls_routes is not None and is_async(scope["headers"]):
+                await self.calls_routes.accept(scope, receive, send, name)
+                return
             await run_call(self.calls, scope, receive, send, call_id, name, self.max_body)
+        elif self.calls_routes is not None and await self.calls_routes.route(
+            scope, receive, send
+        ):
+            return
         else:
             await send_error(
                 send, call_id, CallError(f"no route {path}", status=404, code="not_found")

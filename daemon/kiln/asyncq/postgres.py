@@ -296,12 +296,15 @@ class PostgresStore:
 
         return self._run(tx)
 
-    def next_due(self) -> float | None:
+    def next_due(self, *, exclude: Sequence[str] = ()) -> float | None:
         def tx(db: psycopg.Connection[Any]) -> float | None:
             row = db.execute(
                 "SELECT least("
-                "  (SELECT min(due) FROM calls WHERE state = 'queued'),"
-                "  (SELECT min(lease_until) FROM calls WHERE state = 'running'))"
+                "  (SELECT min(due) FROM calls WHERE state = 'queued'"
+                "     AND NOT (function = ANY(%(x)s))),"
+                "  (SELECT min(lease_until) FROM calls WHERE state = 'running'"
+                "     AND NOT (function = ANY(%(x)s))))",
+                {"x": list(exclude)},
             ).fetchone()
             return None if row is None or row[0] is None else float(row[0])
 
@@ -311,7 +314,7 @@ class PostgresStore:
         return self._run(
             lambda db: db.execute(
                 "DELETE FROM calls WHERE state IN ('succeeded', 'failed', 'cancelled') "
-                "AND finished < %s",
+                "AND finished <= %s",
                 (before,),
             ).rowcount
         )

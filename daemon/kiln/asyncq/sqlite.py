@@ -99,12 +99,15 @@ class SQLiteStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        memory = str(path) == ":memory:"  # tests only
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not memory:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
                 str(self.path), isolation_level=None, check_same_thread=False, timeout=5.0
             )
-            os.chmod(self.path, 0o600)
+            if not memory:
+                os.chmod(self.path, 0o600)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(SCHEMA)
             self._check_version()
@@ -324,9 +327,12 @@ class SQLiteStore:
 
         return self._run(True, tx)
 
-    def next_due(self) -> float | None:
+    def next_due(self, *, exclude: Sequence[str] = ()) -> float | None:
+        sql = "SELECT min(due) FROM calls WHERE state = 'queued'"
+        if exclude:
+            sql += f" AND function NOT IN ({', '.join('?' * len(exclude))})"
         try:
-            row = self._db.execute("SELECT min(due) FROM calls WHERE state = 'queued'").fetchone()
+            row = self._db.execute(sql, list(exclude)).fetchone()
         except sqlite3.Error as e:
             raise StoreError(f"async store {self.path}: {e}") from e
         return None if row[0] is None else float(row[0])
@@ -335,7 +341,7 @@ class SQLiteStore:
         def tx(db: sqlite3.Connection) -> int:
             return db.execute(
                 "DELETE FROM calls WHERE state IN ('succeeded', 'failed', 'cancelled') "
-                "AND finished < ?",
+                "AND finished <= ?",
                 (before,),
             ).rowcount
 

@@ -83,9 +83,10 @@ class Store(Protocol):
         """At start: calls left running by ``host`` go back to queued (attempt counted)."""
         ...
 
-    def next_due(self) -> float | None:
-        """The earliest time a call becomes claimable: a queued call's ``due`` or a
-        running call's lease expiry (another host's, which we may take over)."""
+    def next_due(self, *, exclude: Sequence[str] = ()) -> float | None:
+        """The earliest time a call of a function not in ``exclude`` becomes
+        claimable: a queued call's ``due`` or, shared, a running call's lease expiry
+        (another host's, which we may take over)."""
         ...
 
     def purge(self, *, before: float) -> int:

@@ -118,6 +118,7 @@ class Calls:
         call_id: str,
         headers: Iterable[tuple[bytes, bytes]] = (),
         caller_gone: Callable[[], Awaitable[None]] | None = None,
+        is_async: bool = False,
     ) -> CallResult:
         """Run one call of function ``name``. Never raises for the call's own
         failures: they come back as a result with ``error`` set.
@@ -125,7 +126,8 @@ class Calls:
         ``caller_gone``, if given, returns when the caller has left; the call is
         then cancelled and the result's status is :data:`CALLER_GONE`. Without
         it (a call with no one waiting on a connection) the call runs to its end
-        unless the calling task is cancelled.
+        unless the calling task is cancelled. ``is_async``: an async call (the
+        dispatcher's), whose ``stdio`` memory counts toward the async share.
         """
         t0 = trio.current_time()
         fn: Function | None = None
@@ -140,7 +142,9 @@ class Calls:
                 )
             if fn.rate is not None:
                 fn.rate.check()
-            result = await self._run_watched(fn, body, call_id, list(headers), caller_gone, timings)
+            result = await self._run_watched(
+                fn, body, call_id, list(headers), caller_gone, timings, is_async
+            )
         except CallerGone:
             result = CallResult(CALLER_GONE, timings=timings)
         except CallError as e:
@@ -163,13 +167,14 @@ class Calls:
         headers: Headers,
         caller_gone: Callable[[], Awaitable[None]] | None,
         timings: Timings,
+        is_async: bool = False,
     ) -> CallResult:
         self.inflight += 1
         if self._idle.is_set():
             self._idle = trio.Event()
         try:
             if caller_gone is None:
-                return await self._run(fn, body, call_id, headers, timings)
+                return await self._run(fn, body, call_id, headers, timings, is_async)
             result: CallResult | None = None
             async with open_nursery() as nursery:
 
@@ -179,7 +184,7 @@ class Calls:
 
                 nursery.start_soon(watch)
                 try:
-                    result = await self._run(fn, body, call_id, headers, timings)
+                    result = await self._run(fn, body, call_id, headers, timings, is_async)
                 finally:
                     nursery.cancel_scope.cancel()
             return result if result is not None else CallResult(CALLER_GONE, timings=timings)
@@ -189,7 +194,13 @@ class Calls:
                 self._idle.set()
 
     async def _run(
-        self, fn: Function, body: bytes, call_id: str, headers: Headers, timings: Timings
+        self,
+        fn: Function,
+        body: bytes,
+        call_id: str,
+        headers: Headers,
+        timings: Timings,
+        is_async: bool = False,
     ) -> CallResult:
         """Run the call; ``timings`` holds what is known so far if it raises."""
         spec = fn.spec
@@ -203,7 +214,7 @@ class Calls:
             done = Timings(hot.queue, hot.start, hot.run, hot.cold)
             return CallResult(hot.status, hot.body, hot.headers, done)
         t0 = trio.current_time()
-        async with self.memory.reserve(spec.memory, owner=spec.name):
+        async with self.memory.reserve(spec.memory, owner=spec.name, is_async=is_async):
             admitted = trio.current_time()
             timings.queue = admitted - t0
             timings.cold = True

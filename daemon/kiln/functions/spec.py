@@ -42,6 +42,17 @@ class FunctionSpec:
     rate: float | None = None
     network: str = "none"
     pids_limit: int = 128
+    # Async calls (kiln.asyncq): retries after a retryable failure; whether a
+    # function error (502) is retried too; how many of its async calls run at
+    # once (None: max_containers).
+    retries: int = 2
+    retry_on_error: bool = False
+    async_concurrency: int | None = None
+
+    @property
+    def async_limit(self) -> int:
+        """How many of this function's async calls may run at once."""
+        return self.async_concurrency or self.max_containers
 
     def to_json(self) -> dict[str, Any]:
         """The spec as a JSON/TOML-shaped table that :func:`parse_function` reads back."""
@@ -64,6 +75,10 @@ class FunctionSpec:
             out["cpus"] = self.cpus
         if self.rate is not None:
             out["rate"] = self.rate
+        out["retries"] = self.retries
+        out["retry_on_error"] = self.retry_on_error
+        if self.async_concurrency is not None:
+            out["async_concurrency"] = self.async_concurrency
         return out
 
 
@@ -121,6 +136,11 @@ def parse_function(name: str, raw: object, path: str) -> FunctionSpec:
     rate = t.rate("rate")
     network = t.string("network", d.network)
     pids_limit = t.integer("pids_limit", d.pids_limit, minimum=1)
+    retries = t.integer("retries", d.retries, minimum=0)
+    retry_on_error = t.boolean("retry_on_error", d.retry_on_error)
+    async_concurrency = (
+        t.integer("async_concurrency", 1, minimum=1) if t.has("async_concurrency") else None
+    )
     t.done()
     return FunctionSpec(
         name=name,
@@ -138,4 +158,7 @@ def parse_function(name: str, raw: object, path: str) -> FunctionSpec:
         rate=rate,
         network=network,
         pids_limit=pids_limit,
+        retries=retries,
+        retry_on_error=retry_on_error,
+        async_concurrency=async_concurrency,
     )
