@@ -1,6 +1,8 @@
 """The invoke API: a plain ASGI app, served by :mod:`kiln.httpserver`.
 
-``POST /invoke/{name}`` runs a call; ``GET /healthz`` says the daemon is up.
+``/invoke/{name}`` and ``/invoke/{name}/{sub/path}`` run a call, with any of
+:data:`~kiln.fncontract.INVOKE_METHODS` (the function sees the method, sub-path
+and query string); ``GET /healthz`` says the daemon is up.
 Every response carries ``Kiln-Call-Id``; every error body is
 ``{"error": {"code": ..., "message": ...}}``. If the caller disconnects while its
 call runs, the call is cancelled (and its container removed).
@@ -19,6 +21,7 @@ import trio
 
 from kiln.calls.errors import BodyTooLarge, CallError
 from kiln.calls.lifecycle import Invoker, Timings
+from kiln.fncontract import INVOKE_METHODS, HttpRequest, split_invoke_target
 from kiln.metrics import CONTENT_TYPE, Metrics
 from kiln.trioutil import open_nursery
 
@@ -30,6 +33,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 INVOKE_PREFIX = "/invoke/"
+INVOKE_PREFIX_RAW = INVOKE_PREFIX.encode()
 
 
 def new_call_id() -> str:
@@ -49,6 +53,15 @@ async def lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+def invoke_target(scope: Scope) -> tuple[str, HttpRequest]:
+    """``/invoke/NAME[/sub/path][?query]`` → the function's name and the request it sees."""
+    raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+    if not raw.startswith(INVOKE_PREFIX_RAW):  # the prefix itself was percent-encoded
+        raw = scope["path"].encode("utf-8")
+    name, url = split_invoke_target(raw[len(INVOKE_PREFIX_RAW) :], scope.get("query_string", b""))
+    return name, HttpRequest(scope["method"], url)
 
 
 class ClientGone(Exception):
@@ -87,21 +100,30 @@ class InvokeApp:
                 await send({"type": "http.response.body", "body": body})
             elif path == "/healthz":
                 await self._respond(send, 200, call_id, b'{"status":"ok"}\n', json_ct=True)
+            elif path == "/metrics" and self.metrics is not None:
+                await self._not_allowed(send, call_id, "GET")
             elif path.startswith(INVOKE_PREFIX):
-                if method != "POST":
-                    await self._error(
-                        send,
-                        call_id,
-                        CallError("use POST to invoke", status=405, code="method_not_allowed"),
-                    )
+                if method not in INVOKE_METHODS:
+                    await self._not_allowed(send, call_id, *INVOKE_METHODS)
                     return
-                await self._invoke(scope, receive, send, call_id, path[len(INVOKE_PREFIX) :])
+                name, http = invoke_target(scope)
+                await self._invoke(scope, receive, send, call_id, name, http)
             else:
                 await self._error(
                     send, call_id, CallError(f"no route {path}", status=404, code="not_found")
                 )
         except ClientGone:
             log.info("call %s: caller disconnected", call_id)
+
+    async def _not_allowed(self, send: Send, call_id: str, *allow: str) -> None:
+        await self._respond(
+            send,
+            405,
+            call_id,
+            error_body("method_not_allowed", f"use {', '.join(allow)}"),
+            json_ct=True,
+            extra=[(b"allow", ", ".join(allow).encode())],
+        )
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         await lifespan(receive, send)
@@ -135,7 +157,13 @@ class InvokeApp:
                 return b"".join(chunks)
 
     async def _invoke(
-        self, scope: Scope, receive: Receive, send: Send, call_id: str, name: str
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        call_id: str,
+        name: str,
+        http: HttpRequest,
     ) -> None:
         timings = Timings()
         t0 = trio.current_time()
@@ -157,7 +185,7 @@ class InvokeApp:
                 nursery.start_soon(watch_disconnect, nursery.cancel_scope)
                 try:
                     result = await self.invoker.invoke(
-                        name, body, call_id, timings, scope["headers"]
+                        name, body, call_id, timings, scope["headers"], http=http
                     )
                 finally:
                     nursery.cancel_scope.cancel()

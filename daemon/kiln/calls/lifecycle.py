@@ -17,10 +17,11 @@ import trio
 from kiln.admission.memory import MemoryBudget
 from kiln.admission.ratelimit import InvokeRateLimiter
 from kiln.calls.errors import NotFound, Unavailable, docker_call_error
-from kiln.calls.stdio import run_stdio
+from kiln.calls.stdio import http_env, run_stdio
 from kiln.containers.janitor import Janitor
 from kiln.containers.spec import Identity
 from kiln.docker import DockerClient, DockerError
+from kiln.fncontract import PLAIN_POST, HttpRequest
 from kiln.functions.spec import FunctionSpec
 
 if TYPE_CHECKING:
@@ -99,8 +100,14 @@ class Invoker:
         call_id: str,
         timings: Timings,
         headers: Iterable[tuple[bytes, bytes]] = (),
+        *,
+        http: HttpRequest | None = None,
     ) -> CallResult:
-        """Run one call. Raises :class:`CallError` with the status the caller gets."""
+        """Run one call. Raises :class:`CallError` with the status the caller gets.
+
+        ``http`` is the caller's method and URL (the HTTP trigger's view); None
+        for a call with no HTTP request of its own (a plain ``POST /``).
+        """
         spec = self.lookup(name)
         if self.draining:
             raise Unavailable(
@@ -115,7 +122,7 @@ class Invoker:
         try:
             if spec.format == "http-stream":
                 return await self._invoke_hot(spec, body, call_id, timings, headers)
-            return await self._invoke_stdio(spec, body, call_id, timings)
+            return await self._invoke_stdio(spec, body, call_id, timings, http or PLAIN_POST)
         finally:
             self.inflight -= 1
             if self.inflight == 0:
@@ -126,7 +133,7 @@ class Invoker:
         await self._idle.wait()
 
     async def _invoke_stdio(
-        self, spec: FunctionSpec, body: bytes, call_id: str, timings: Timings
+        self, spec: FunctionSpec, body: bytes, call_id: str, timings: Timings, http: HttpRequest
     ) -> CallResult:
         t0 = trio.current_time()
         async with self.memory.reserve(spec.memory, owner=spec.name):
@@ -142,6 +149,7 @@ class Invoker:
                     body,
                     max_output=self.max_response,
                     janitor=self.janitor,
+                    env=http_env(http),
                 )
             except DockerError as e:
                 raise docker_call_error(e, spec) from e

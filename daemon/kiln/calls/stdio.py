@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import trio
@@ -26,6 +27,7 @@ from kiln.docker import (
     DockerError,
     DockerUnreachable,
 )
+from kiln.fncontract import HttpRequest
 from kiln.functions.spec import FunctionSpec
 from kiln.trioutil import open_nursery
 from kiln.units import format_size
@@ -92,6 +94,21 @@ def outcome(spec: FunctionSpec, info: ExitInfo) -> CallError | None:
     )
 
 
+def http_env(http: HttpRequest) -> dict[str, str]:
+    """What a ``stdio`` function is told of the caller's request, as environment variables.
+
+    ``KILN_HTTP_METHOD`` (``GET``), ``KILN_HTTP_PATH`` (the path after
+    ``/invoke/NAME``, at least ``/``) and ``KILN_HTTP_QUERY`` (without the ``?``;
+    empty if none), spelled as the caller sent them. They win over a function
+    env entry of the same name.
+    """
+    return {
+        "KILN_HTTP_METHOD": http.method,
+        "KILN_HTTP_PATH": http.path,
+        "KILN_HTTP_QUERY": http.query,
+    }
+
+
 class OutputTooLarge(FunctionFailed):
     code = "output_too_large"
 
@@ -143,6 +160,7 @@ async def run_stdio(
     *,
     max_output: int,
     janitor: Janitor | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> bytes:
     """Run one ``stdio`` call in a fresh container; return its stdout.
 
@@ -151,7 +169,9 @@ async def run_stdio(
     Raises :class:`CallError` for function failures and DockerError for Docker's.
     """
     name = container_name(identity, spec.name, call_id)
-    config = container_config(spec, identity, stdio=True, extra_labels={"kiln.call": call_id})
+    config = container_config(
+        spec, identity, stdio=True, env=env, extra_labels={"kiln.call": call_id}
+    )
     # Until create returns, the container may or may not exist (a create that timed
     # out or whose caller was cancelled may still have made it): its name is
     # deterministic, so cleanup removes it by name.
