@@ -18,7 +18,7 @@ from kiln.containers.janitor import Janitor
 from kiln.containers.spec import Identity
 from kiln.docker import DockerClient
 from kiln.functions.spec import FunctionSpec
-from kiln.supervisors import Supervisors
+from kiln.hot.supervisors import Supervisors
 from kiln.units import GiB
 from tests.fakedocker import FakeDocker, FakeTransport
 

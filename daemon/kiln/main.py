@@ -39,9 +39,9 @@ from kiln.containers.sweep import sweep_orphans
 from kiln.docker import DockerClient, DockerError, DockerTimeout, DockerUnreachable
 from kiln.functions.spec import FunctionSpec, never_fits
 from kiln.functions.store import FunctionStore
+from kiln.hot.supervisors import Supervisors
 from kiln.httpserver import open_listeners, serve_asgi
 from kiln.metrics import Metrics
-from kiln.supervisors import Supervisors
 from kiln.systemd import Notifier
 from kiln.units import format_size
 

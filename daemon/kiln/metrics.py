@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from kiln.admission.memory import MemoryBudget
     from kiln.admission.ratelimit import DockerLimiter
     from kiln.calls.lifecycle import Invoker
-    from kiln.supervisors import Supervisors
+    from kiln.hot.supervisors import Supervisors
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (

@@ -28,7 +28,7 @@ def assert_clean(s: Stack) -> None:
     assert stats.waiting == 0
     assert s.fake.containers == {}
     # only the long-lived, sleeping components remain: no call or container task
-    assert set(kiln_tasks()) <= {"kiln.containers.janitor.Janitor.run", "kiln.supervisors.Supervisors.run"}
+    assert set(kiln_tasks()) <= {"kiln.containers.janitor.Janitor.run", "kiln.hot.supervisors.Supervisors.run"}
     assert s.janitor.pending == 0
 
 

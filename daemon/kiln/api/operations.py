@@ -22,7 +22,7 @@ from kiln.config import Config, ConfigError, load
 from kiln.docker import DockerClient, DockerError
 from kiln.functions.spec import FunctionSpec, never_fits
 from kiln.functions.store import FunctionStore
-from kiln.supervisors import Supervisors
+from kiln.hot.supervisors import Supervisors
 from kiln.units import format_size
 
 log = logging.getLogger("kiln.operations")
@@ -82,20 +82,22 @@ class Operations:
 
     def function_info(self, name: str) -> dict[str, Any]:
         spec = self.spec(name)
-        pool = self.supervisors.pool(name)
+        supervisor = self.supervisors.get(name)
         return {
             "name": name,
             "spec": spec.to_json(),
             "source": "deployed" if name in self.store.names() else "config",
-            "containers": [dataclasses.asdict(c) for c in pool.containers()] if pool else [],
-            "stats": dataclasses.asdict(pool.statistics()) if pool else None,
+            "containers": [dataclasses.asdict(c) for c in supervisor.containers()]
+            if supervisor
+            else [],
+            "stats": dataclasses.asdict(supervisor.statistics()) if supervisor else None,
         }
 
     def functions(self) -> list[dict[str, Any]]:
         out = []
         for name, spec in sorted(self.invoker.functions.items()):
-            pool = self.supervisors.pool(name)
-            stats = pool.statistics() if pool else None
+            supervisor = self.supervisors.get(name)
+            stats = supervisor.statistics() if supervisor else None
             out.append(
                 {
                     "name": name,
@@ -113,8 +115,8 @@ class Operations:
 
     def containers(self) -> list[dict[str, Any]]:
         out = []
-        for name, pool in sorted(self.supervisors.pools.items()):
-            for c in pool.containers():
+        for name, supervisor in sorted(self.supervisors.by_name.items()):
+            for c in supervisor.containers():
                 out.append({"function": name, **dataclasses.asdict(c)})
         return out
 
@@ -205,9 +207,9 @@ class Operations:
             if new.name in self.store.names():
                 self.store.save(new)
             self.invoker.functions[name] = new
-            pool = self.supervisors.pool(name)
-            if pool is not None:
-                pool.rescale(new_min, new_max)
+            supervisor = self.supervisors.get(name)
+            if supervisor is not None:
+                supervisor.rescale(new_min, new_max)
         log.info("scaled %s: min_warm=%d max_containers=%d", name, new_min, new_max)
         return new
 

@@ -24,7 +24,7 @@ from kiln.docker import DockerClient, DockerError
 from kiln.functions.spec import FunctionSpec
 
 if TYPE_CHECKING:
-    from kiln.supervisors import Supervisors
+    from kiln.hot.supervisors import Supervisors
 
 log = logging.getLogger("kiln.calls")
 
@@ -157,10 +157,10 @@ class Invoker:
         timings: Timings,
         headers: Iterable[tuple[bytes, bytes]],
     ) -> CallResult:
-        pool = self.supervisors.pool(spec.name) if self.supervisors else None
-        if pool is None:
+        supervisor = self.supervisors.get(spec.name) if self.supervisors else None
+        if supervisor is None:
             raise Unavailable(f"function {spec.name!r} has no supervisor running", retry_after=1)
-        result = await pool.invoke(call_id, body, headers)
+        result = await supervisor.invoke(call_id, body, headers)
         timings.queue = result.queue
         timings.start = result.start
         timings.run = result.run
