@@ -5,7 +5,7 @@
     root nursery
     ├── signals: SIGTERM/SIGINT → graceful stop (a second one: stop now)
     ├── Docker client (one httpx.AsyncClient on the socket)
-    └── invoke + control API servers (kiln.httpserver: h11 on Trio)
+    └── invoke + control API servers (kiln.http: h11 on Trio)
 
 Cancelling the root cancels every call, and every call's ``finally`` removes
 its container (shielded, bounded), so a stopped daemon leaves nothing behind.
@@ -39,7 +39,7 @@ from kiln.containers.sweep import sweep_orphans
 from kiln.docker import DockerClient, DockerError, DockerTimeout, DockerUnreachable
 from kiln.functions.spec import FunctionSpec, never_fits
 from kiln.functions.store import FunctionStore
-from kiln.httpserver import open_listeners, serve_asgi
+from kiln.http import open_listeners, serve_asgi
 from kiln.metrics import Metrics
 from kiln.supervisors import Supervisors
 from kiln.systemd import Notifier

@@ -1,4 +1,4 @@
-"""The invoke API: a plain ASGI app, served by :mod:`kiln.httpserver`.
+"""The invoke API: a plain ASGI app, served by :mod:`kiln.http`.
 
 ``POST /invoke/{name}`` runs a call; ``GET /healthz`` says the daemon is up.
 Every response carries ``Kiln-Call-Id``; every error body is
@@ -8,51 +8,25 @@ call runs, the call is cancelled (and its container removed).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import secrets
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
 import trio
 
-from kiln.calls.errors import BodyTooLarge, CallError
+from kiln.calls.errors import CallError
 from kiln.calls.lifecycle import Invoker, Timings
+from kiln.http.asgi import ClientGone, Receive, Scope, Send, error_body, lifespan, read_body
 from kiln.metrics import CONTENT_TYPE, Metrics
 from kiln.trioutil import open_nursery
 
 log = logging.getLogger("kiln.api")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 INVOKE_PREFIX = "/invoke/"
 
 
 def new_call_id() -> str:
     return secrets.token_hex(8)
-
-
-def error_body(code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message}}).encode() + b"\n"
-
-
-async def lifespan(receive: Receive, send: Send) -> None:
-    """ASGI lifespan: Kiln's apps have nothing to set up, so just acknowledge."""
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
-class ClientGone(Exception):
-    """The caller disconnected before its call was answered."""
 
 
 class InvokeApp:
@@ -106,34 +80,6 @@ class InvokeApp:
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         await lifespan(receive, send)
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        for key, value in scope["headers"]:
-            if key == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    raise CallError("bad Content-Length", status=400, code="bad_request") from None
-                if declared > self.max_body:
-                    raise BodyTooLarge(
-                        f"body of {declared} bytes is over the limit of {self.max_body} bytes "
-                        "([daemon] max_body)"
-                    )
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk: bytes = message.get("body", b"")
-            total += len(chunk)
-            if total > self.max_body:
-                raise BodyTooLarge(
-                    f"body is over the limit of {self.max_body} bytes ([daemon] max_body)"
-                )
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
     async def _invoke(
         self, scope: Scope, receive: Receive, send: Send, call_id: str, name: str
     ) -> None:
@@ -142,7 +88,7 @@ class InvokeApp:
         status = 500
         try:
             self.invoker.lookup(name)
-            body = await self._read_body(scope, receive)
+            body = await read_body(scope, receive, self.max_body, setting="[daemon] max_body")
             result = None
             gone = False
 
