@@ -43,13 +43,23 @@ def test_retire_keeps_min_warm() -> None:
 
 
 @given(
-    st.integers(0, 2000), st.integers(0, 20), st.integers(0, 20), st.integers(0, 20),
-    st.integers(1, 20), st.integers(0, 20),
+    st.integers(0, 2000),
+    st.integers(0, 20),
+    st.integers(0, 20),
+    st.integers(0, 20),
+    st.integers(1, 20),
+    st.integers(0, 20),
 )
-def test_invariants(waiting: int, idle: int, starting: int, busy: int, max_c: int, warm: int) -> None:
+def test_invariants(
+    waiting: int, idle: int, starting: int, busy: int, max_c: int, warm: int
+) -> None:
     total = idle + starting + busy
     n = containers_to_start(
-        waiting=waiting, idle=idle, starting=starting, total=total, max_containers=max_c,
+        waiting=waiting,
+        idle=idle,
+        starting=starting,
+        total=total,
+        max_containers=max_c,
         min_warm=min(warm, max_c),
     )
     assert n >= 0

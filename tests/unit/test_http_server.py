@@ -620,9 +620,9 @@ async def test_invoke_app_cancels_the_call_when_the_caller_disconnects() -> None
             b"POST /invoke/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx"
         )
         await eventually(lambda: bool(s.fake.containers))  # the call runs in its container
-        assert s.invoker.inflight == 1
+        assert s.calls.inflight == 1
         await stream.aclose()
-        await s.invoker.wait_idle()  # the call is cancelled...
+        await s.calls.wait_idle()  # the call is cancelled...
         await eventually(lambda: not s.fake.containers)  # ...and its container removed
 
 

@@ -24,10 +24,9 @@ import logging
 import socket
 from typing import Any
 
-from kiln.api.invoke import new_call_id
+from kiln.api.invoke import new_call_id, run_call
 from kiln.api.operations import BadRequest, Operations
 from kiln.calls.errors import CallError, NotFound
-from kiln.calls.lifecycle import Timings
 from kiln.functions.spec import parse_function
 from kiln.functions.validate import ConfigError
 from kiln.http.asgi import ClientGone, Receive, Scope, Send, error_body, lifespan, read_body
@@ -68,8 +67,15 @@ class ControlApp:
         if scope["type"] != "http":
             return
         call_id = new_call_id()
+        parts = [p for p in scope["path"].split("/") if p]
+        if len(parts) == 3 and parts[0::2] == ["functions", "invoke"] and scope["method"] == "POST":
+            # The same call path as the invoke API: metrics, log line,
+            # Kiln-Timing, cancellation when the caller leaves.
+            max_body = self.c.config.daemon.max_body
+            await run_call(self.c.calls, scope, receive, send, call_id, parts[1], max_body)
+            return
         try:
-            status, body, ctype = await self._route(scope, receive, call_id)
+            status, body, ctype = await self._route(scope, receive)
         except CallError as e:
             status, body, ctype = e.status, error_body(e.code, e.message), b"application/json"
         except ClientGone:
@@ -102,9 +108,7 @@ class ControlApp:
         except ValueError as e:
             raise BadRequest(f"body is not JSON: {e}") from e
 
-    async def _route(
-        self, scope: Scope, receive: Receive, call_id: str
-    ) -> tuple[int, bytes, bytes]:
+    async def _route(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
         method: str = scope["method"]
         parts = [p for p in scope["path"].split("/") if p]
         j = b"application/json"
@@ -132,7 +136,7 @@ class ControlApp:
                         spec = parse_function(name, raw, f"functions.{name}")
                     except ConfigError as e:
                         raise BadRequest(str(e), code="bad_spec") from e
-                    existed = name in self.c.invoker.functions
+                    existed = name in self.c.registry
                     await self.c.deploy(spec)
                     return (200 if existed else 201), _json(self.c.function_info(name)), j
                 if method == "DELETE":
@@ -155,13 +159,4 @@ class ControlApp:
                     name, min_warm=raw.get("min_warm"), max_containers=raw.get("max_containers")
                 )
                 return 200, _json(spec.to_json()), j
-            if len(parts) == 3 and parts[2] == "invoke" and method == "POST":
-                body = await read_body(
-                    scope, receive, self.c.config.daemon.max_body, setting="[daemon] max_body"
-                )
-                result = await self.c.invoker.invoke(
-                    name, body, call_id, Timings(), scope["headers"]
-                )
-                ctype = dict(result.headers).get(b"content-type", b"application/octet-stream")
-                return result.status, result.body, ctype
         raise NotFound(f"no route {method} {scope['path']}", code="not_found")
