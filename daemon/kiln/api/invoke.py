@@ -1,4 +1,4 @@
-"""The invoke API: a plain ASGI app, served by :mod:`kiln.httpserver`.
+"""The invoke API: a plain ASGI app, served by :mod:`kiln.http`.
 
 ``/invoke/{name}`` and ``/invoke/{name}/{sub/path}`` run a call, with any of
 :data:`~kiln.fncontract.INVOKE_METHODS` (the function sees the method, sub-path
@@ -13,25 +13,18 @@ container removed).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import secrets
-from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
-from typing import Any
 
-from kiln.calls.errors import BodyTooLarge, CallError
+from kiln.calls.errors import CallError
 from kiln.calls.lifecycle import CallerGone, Calls
 from kiln.fncontract import INVOKE_METHODS, HttpRequest, split_invoke_target
+from kiln.http.asgi import ClientGone, Receive, Scope, Send, error_body, lifespan, read_body
 from kiln.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("kiln.api")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 INVOKE_PREFIX = "/invoke/"
 INVOKE_PREFIX_RAW = INVOKE_PREFIX.encode()
@@ -39,21 +32,6 @@ INVOKE_PREFIX_RAW = INVOKE_PREFIX.encode()
 
 def new_call_id() -> str:
     return secrets.token_hex(8)
-
-
-def error_body(code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message}}).encode() + b"\n"
-
-
-async def lifespan(receive: Receive, send: Send) -> None:
-    """ASGI lifespan: Kiln's apps have nothing to set up, so just acknowledge."""
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 def invoke_target(scope: Scope) -> tuple[str, HttpRequest]:
@@ -75,30 +53,10 @@ async def read_call_body(scope: Scope, receive: Receive, max_body: int) -> bytes
     """A call's request body, at most ``max_body`` bytes (413 otherwise; refused
     from ``Content-Length`` before reading). Raises :class:`CallerGone` if the
     caller disconnects first."""
-    for key, value in scope["headers"]:
-        if key == b"content-length":
-            try:
-                declared = int(value)
-            except ValueError:
-                raise CallError("bad Content-Length", status=400, code="bad_request") from None
-            if declared > max_body:
-                raise BodyTooLarge(
-                    f"body of {declared} bytes is over the limit of {max_body} bytes "
-                    "([daemon] max_body)"
-                )
-    chunks: list[bytes] = []
-    total = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise CallerGone
-        chunk: bytes = message.get("body", b"")
-        total += len(chunk)
-        if total > max_body:
-            raise BodyTooLarge(f"body is over the limit of {max_body} bytes ([daemon] max_body)")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    try:
+        return await read_body(scope, receive, max_body, setting="[daemon] max_body")
+    except ClientGone:
+        raise CallerGone from None
 
 
 async def run_call(
