@@ -53,11 +53,12 @@ async def request(
         elif message["type"] == "http.response.body":
             reply.body += message.get("body", b"")
 
-    path, _, query = path.partition("?")
+    raw_path, _, query = path.partition("?")
     scope = {
         "type": "http",
         "method": method,
-        "path": path,
+        "path": raw_path,
+        "raw_path": raw_path.encode(),
         "query_string": query.encode(),
         "headers": [(b"content-length", str(len(body)).encode()), *(headers or [])],
     }

@@ -29,8 +29,8 @@ from kiln.docker import DockerClient
 from kiln.functions.registry import FunctionRegistry
 from kiln.functions.spec import FunctionSpec
 from kiln.functions.store import FunctionStore
+from kiln.hot.supervisors import Supervisors
 from kiln.metrics import Metrics
-from kiln.supervisors import Supervisors
 from kiln.units import GiB
 from kiln.wiring import Daemon
 from tests.fakedocker import FakeDocker, FakeTransport

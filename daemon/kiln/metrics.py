@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from kiln.calls.lifecycle import Calls
     from kiln.containers.janitor import Janitor
     from kiln.functions.registry import FunctionRegistry
-    from kiln.supervisors import Supervisors
+    from kiln.hot.supervisors import Supervisors
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (

@@ -44,9 +44,9 @@ from kiln.docker import DockerClient
 from kiln.functions.registry import FunctionRegistry
 from kiln.functions.spec import FunctionSpec
 from kiln.functions.store import FunctionStore
+from kiln.hot.supervisors import Supervisors
+from kiln.hot.transport import ListenerTransport
 from kiln.metrics import Metrics
-from kiln.pool import ListenerTransport
-from kiln.supervisors import Supervisors
 
 
 @dataclass

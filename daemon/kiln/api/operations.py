@@ -27,7 +27,7 @@ from kiln.docker import DockerClient, DockerError
 from kiln.functions.registry import FunctionRegistry
 from kiln.functions.spec import FunctionSpec, never_fits
 from kiln.functions.store import FunctionStore
-from kiln.supervisors import Supervisors
+from kiln.hot.supervisors import Supervisors
 from kiln.units import format_size
 
 if TYPE_CHECKING:
@@ -96,22 +96,24 @@ class Operations:
 
     def function_info(self, name: str) -> dict[str, Any]:
         spec = self.spec(name)
-        pool = self.registry.supervisor(name)
+        supervisor = self.registry.supervisor(name)
         rate = self.registry.get(name).rate
         return {
             "name": name,
             "spec": spec.to_json(),
             "source": "deployed" if name in self.store.names() else "config",
-            "containers": [dataclasses.asdict(c) for c in pool.containers()] if pool else [],
-            "stats": dataclasses.asdict(pool.statistics()) if pool else None,
+            "containers": [dataclasses.asdict(c) for c in supervisor.containers()]
+            if supervisor
+            else [],
+            "stats": dataclasses.asdict(supervisor.statistics()) if supervisor else None,
             "rate": dataclasses.asdict(rate.statistics()) if rate else None,
         }
 
     def functions(self) -> list[dict[str, Any]]:
         out = []
         for name, spec in sorted(self.registry.specs().items()):
-            pool = self.registry.supervisor(name)
-            stats = pool.statistics() if pool else None
+            supervisor = self.registry.supervisor(name)
+            stats = supervisor.statistics() if supervisor else None
             out.append(
                 {
                     "name": name,
@@ -129,8 +131,8 @@ class Operations:
 
     def containers(self) -> list[dict[str, Any]]:
         out = []
-        for name, pool in sorted(self.supervisors.pools.items()):
-            for c in pool.containers():
+        for name, supervisor in sorted(self.supervisors.by_name.items()):
+            for c in supervisor.containers():
                 out.append({"function": name, **dataclasses.asdict(c)})
         return out
 

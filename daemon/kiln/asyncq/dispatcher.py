@@ -31,11 +31,14 @@ from typing import Protocol
 import trio
 
 from kiln.asyncq import backoff
+from kiln.asyncq.headers import split_request
 from kiln.asyncq.queue import AsyncQueue, Change
 from kiln.asyncq.records import CallRecord, Outcome, truncate
 from kiln.asyncq.store import StoreError
 from kiln.calls.lifecycle import CallResult
+from kiln.fncontract import HttpRequest
 from kiln.functions.spec import FunctionSpec
+from kiln.http.asgi import error_body
 
 log = logging.getLogger("kiln.asyncq")
 
@@ -58,6 +61,7 @@ class Runner(Protocol):
         call_id: str,
         headers: Iterable[tuple[bytes, bytes]] = (),
         is_async: bool = False,
+        http: HttpRequest | None = None,
     ) -> CallResult: ...
 
 
@@ -235,13 +239,15 @@ class Dispatcher:
 
     async def _attempt(self, record: CallRecord) -> None:
         host = self.queue.host
+        headers, http = split_request(record.headers)
         try:
             result = await self.runner.call(
                 record.function,
                 record.body,
                 call_id=record.id,
-                headers=record.headers,
+                headers=headers,
                 is_async=True,
+                http=http,
             )
         except trio.Cancelled:
             # The daemon is stopping: the call goes back to the queue, the attempt
@@ -259,8 +265,6 @@ class Dispatcher:
             return
         body, cut = truncate(result.body, self.max_response)
         if error is not None:
-            from kiln.api.invoke import error_body
-
             body = error_body(error.code, error.message)
             cut = False
         outcome = Outcome(

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from kiln.asyncq.records import MAX_KEY
 from kiln.calls.errors import CallError
+from kiln.fncontract import HttpRequest
 
 #: Request headers a stored call does not keep: hop-by-hop ones, the body's
 #: framing, and the ones that only steer the accept.
@@ -49,3 +50,33 @@ def idempotency_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
                 )
             return text
     return None
+
+
+#: Pseudo-headers that keep the caller's HTTP request (method, URL after
+#: ``/invoke/NAME``) with a stored call; no real header name starts with ":".
+METHOD = b":method"
+URL = b":url"
+
+
+def with_request(
+    headers: Iterable[tuple[bytes, bytes]], http: HttpRequest
+) -> list[tuple[bytes, bytes]]:
+    """The headers to store: the caller's (less :data:`NOT_STORED`) and its request."""
+    kept = [(k, v) for k, v in headers if k.lower() not in NOT_STORED]
+    return [(METHOD, http.method.encode()), (URL, http.url.encode("latin-1")), *kept]
+
+
+def split_request(
+    headers: Iterable[tuple[bytes, bytes]],
+) -> tuple[list[tuple[bytes, bytes]], HttpRequest]:
+    """Stored headers → (the caller's headers, its HTTP request)."""
+    method, url = "POST", "/"
+    kept: list[tuple[bytes, bytes]] = []
+    for k, v in headers:
+        if k == METHOD:
+            method = v.decode("latin-1")
+        elif k == URL:
+            url = v.decode("latin-1")
+        else:
+            kept.append((k, v))
+    return kept, HttpRequest(method, url)

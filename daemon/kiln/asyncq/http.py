@@ -22,20 +22,15 @@ from urllib.parse import parse_qs
 
 import trio
 
-from kiln.api.invoke import (
-    Receive,
-    Scope,
-    Send,
-    read_call_body,
-    respond,
-    send_error,
-)
-from kiln.asyncq.headers import NOT_STORED, idempotency_key
+from kiln.api.invoke import read_call_body, respond, send_error
+from kiln.asyncq.headers import idempotency_key, with_request
 from kiln.asyncq.queue import AsyncQueue
 from kiln.asyncq.records import STATES, State, valid_call_id
 from kiln.asyncq.store import QueueFull, StoreError
 from kiln.calls.errors import CallError, NotFound, Unavailable
 from kiln.calls.lifecycle import CallerGone
+from kiln.fncontract import PLAIN_POST, HttpRequest
+from kiln.http.asgi import Receive, Scope, Send
 
 #: The longest ``?wait=`` a reader may ask for, in seconds.
 MAX_WAIT = 60.0
@@ -63,8 +58,16 @@ class CallsRoutes:
         self.max_body = max_body
         self.listing = listing
 
-    async def accept(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
-        """Answer an async ``POST /invoke/{name}``."""
+    async def accept(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        name: str,
+        http: HttpRequest = PLAIN_POST,
+    ) -> None:
+        """Answer an async call of ``name`` (``http``: the caller's method and URL,
+        kept with the call)."""
         call_id = "-"
         try:
             if not self.known(name):
@@ -75,7 +78,7 @@ class CallsRoutes:
                 )
             key = idempotency_key(scope["headers"])
             body = await read_call_body(scope, receive, self.max_body)
-            headers = [(k, v) for k, v in scope["headers"] if k.lower() not in NOT_STORED]
+            headers = with_request(scope["headers"], http)
             try:
                 accepted = await self.queue.accept(name, body, headers, key)
             except QueueFull:

@@ -2,7 +2,7 @@
 
 One owner for it. A :class:`Function` is a spec plus its run-time parts (the
 per-function invoke rate limiter); hot functions also have a supervisor, which
-:class:`~kiln.supervisors.Supervisors` runs and this registry starts, rolls
+:class:`~kiln.hot.supervisors.Supervisors` runs and this registry starts, rolls
 over and retires. The call path reads the table; operator actions (deploy,
 remove, scale, reload) change it only through :meth:`FunctionRegistry.apply`,
 :meth:`~FunctionRegistry.retire` and :meth:`~FunctionRegistry.rescale`.
@@ -20,8 +20,8 @@ from kiln.calls.errors import NotFound
 from kiln.functions.spec import FunctionSpec, check_scale
 
 if TYPE_CHECKING:
-    from kiln.pool import FunctionPool
-    from kiln.supervisors import Supervisors
+    from kiln.hot.supervisor import Supervisor
+    from kiln.hot.supervisors import Supervisors
 
 
 def unknown_function(name: str) -> NotFound:
@@ -70,9 +70,9 @@ class FunctionRegistry:
     def specs(self) -> dict[str, FunctionSpec]:
         return {name: fn.spec for name, fn in self._functions.items()}
 
-    def supervisor(self, name: str) -> FunctionPool | None:
+    def supervisor(self, name: str) -> Supervisor | None:
         """The hot supervisor of ``name``, or None (a stdio function, or none running)."""
-        return self.supervisors.pool(name) if self.supervisors is not None else None
+        return self.supervisors.get(name) if self.supervisors is not None else None
 
     def __contains__(self, name: object) -> bool:
         return name in self._functions
