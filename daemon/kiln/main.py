@@ -27,12 +27,14 @@ from kiln import __version__
 from kiln.admission.hostmem import plan_capacity, read_host_resources
 from kiln.admission.memory import MemoryBudget
 from kiln.admission.ratelimit import DockerLimiter
+from kiln.api.access import AccessGate
+from kiln.api.auth import Tokens, tokens_path
 from kiln.api.control import AnotherKilnRunning, ControlApp, open_control_socket
 from kiln.api.invoke import InvokeApp
 from kiln.api.operations import Operations, merge_functions
 from kiln.calls.errors import CallError
 from kiln.calls.lifecycle import Invoker
-from kiln.config import Config
+from kiln.config import Config, LogsConfig
 from kiln.containers.janitor import Janitor
 from kiln.containers.spec import Identity
 from kiln.containers.sweep import sweep_orphans
@@ -40,6 +42,8 @@ from kiln.docker import DockerClient, DockerError, DockerTimeout, DockerUnreacha
 from kiln.functions.spec import FunctionSpec, never_fits
 from kiln.functions.store import FunctionStore
 from kiln.httpserver import open_listeners, serve_asgi
+from kiln.logs.journal import open_forwarder
+from kiln.logs.service import Logs, LogSettings
 from kiln.metrics import Metrics
 from kiln.supervisors import Supervisors
 from kiln.systemd import Notifier
@@ -83,6 +87,39 @@ async def watch_signals(
                 on_force()
 
 
+def log_settings(logs: LogsConfig, state_dir: str) -> LogSettings:
+    return LogSettings(
+        lines_per_function=logs.lines_per_function,
+        bytes_per_function=logs.bytes_per_function,
+        max_line=logs.max_line,
+        rate=logs.rate,
+        burst=logs.burst,
+        mirror_dir=(logs.dir or str(Path(state_dir) / "logs")) if logs.mirror else None,
+        file_size=logs.file_size,
+        file_count=logs.file_count,
+    )
+
+
+def open_logs(config: Config) -> Logs:
+    try:
+        forwarder = open_forwarder(config.logs.forward)
+    except OSError as e:
+        raise FatalStartupError(f"[logs] forward = {config.logs.forward!r}: {e}") from e
+    return Logs(log_settings(config.logs, config.daemon.state_dir), forwarder=forwarder)
+
+
+def open_tokens(config: Config) -> Tokens | None:
+    if config.daemon.auth != "token":
+        return None
+    tokens = Tokens(tokens_path(config.daemon.state_dir))
+    if not len(tokens):
+        log.warning(
+            'auth = "token" and no token exists yet: every call gets 401 until one is made '
+            "with `kiln token create`"
+        )
+    return tokens
+
+
 async def check_docker(docker: DockerClient) -> None:
     try:
         version = await docker.check_version()
@@ -124,7 +161,9 @@ async def run_daemon(
         queue_wait=config.limits.queue_wait,
         async_fraction=config.limits.async_fraction,
     )
-    metrics = Metrics()
+    metrics = Metrics(per_function=config.metrics.per_function)
+    logs = open_logs(config)
+    tokens = open_tokens(config)
     drain_requested = trio.Event()
     stop_now = trio.CancelScope()
     notifier = Notifier()
@@ -174,8 +213,20 @@ async def run_daemon(
                 capacity=plan.capacity,
                 on_drain=drain_requested.set,
             )
-            app = InvokeApp(invoker, max_body=config.daemon.max_body, metrics=metrics)
-            control_app = ControlApp(controller)
+            controller.on_removed.append(logs.forget)
+            controller.on_removed.append(metrics.forget)
+
+            def cors_origins(name: str) -> tuple[str, ...]:
+                spec = invoker.functions.get(name)
+                return spec.cors_origins if spec is not None else ()
+
+            app = AccessGate(
+                InvokeApp(invoker, max_body=config.daemon.max_body, metrics=metrics),
+                tokens=tokens,
+                metrics_need_token=config.metrics.require_token,
+                origins=cors_origins,
+            )
+            control_app = ControlApp(controller, logs=logs, tokens=tokens)
             try:
                 invoke_listeners = await open_listeners(config.daemon.listen)
             except OSError as e:
@@ -269,6 +320,7 @@ async def run_daemon(
         with contextlib.suppress(OSError):
             os.unlink(config.daemon.control_socket)
         notifier.close()
+        logs.close()
     log.info("kiln stopped")
 
 

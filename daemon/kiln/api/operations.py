@@ -71,6 +71,8 @@ class Operations:
         self.on_drain = on_drain
         self.started_at = trio.current_time()
         self._lock = trio.Lock()  # one change at a time
+        #: Called with a function's name when it is removed (its logs and series go).
+        self.on_removed: list[Callable[[str], None]] = []
 
     # ---- queries -------------------------------------------------------------
 
@@ -170,6 +172,8 @@ class Operations:
         self.invoker.functions.pop(name, None)
         self.invoker.rates.pop(name, None)
         self.supervisors.remove(name, reason=reason)
+        for hook in self.on_removed:
+            hook(name)
 
     async def deploy(self, spec: FunctionSpec) -> None:
         """Deploy or update a function; persisted, so it survives a restart."""
