@@ -3,9 +3,16 @@
 ::
 
     root nursery
-    ├── signals: SIGTERM/SIGINT → graceful stop (a second one: stop now)
-    ├── Docker client (one httpx.AsyncClient on the socket)
-    └── invoke + control API servers (kiln.httpserver: h11 on Trio)
+    ├── signals: SIGTERM/SIGINT → graceful stop (a second one: stop now), SIGHUP → reload
+    ├── daemon parts (kiln.wiring.Daemon.run)
+    │   ├── janitor
+    │   └── supervisors nursery → one supervisor per hot function → its containers
+    ├── servers: invoke + control API (kiln.http: h11 on Trio)
+    │   └── one task per connection; a call runs in its connection's task
+    └── systemd watchdog
+
+The parts themselves are built in :mod:`kiln.wiring` (the tests build the same
+ones on a fake Docker engine); this module adds the process around them.
 
 Cancelling the root cancels every call, and every call's ``finally`` removes
 its container (shielded, bounded), so a stopped daemon leaves nothing behind.
@@ -19,35 +26,28 @@ import os
 import signal
 from collections.abc import Callable, Iterable
 from functools import partial
-from pathlib import Path
 
 import trio
 
 from kiln import __version__
 from kiln.admission.hostmem import plan_capacity, read_host_resources
-from kiln.admission.memory import MemoryBudget
 from kiln.admission.ratelimit import DockerLimiter
-from kiln.api.access import AccessGate
-from kiln.api.auth import Tokens, tokens_path
-from kiln.api.control import AnotherKilnRunning, ControlApp, open_control_socket
-from kiln.api.invoke import InvokeApp
+from kiln.api.control import AnotherKilnRunning, open_control_socket
 from kiln.api.operations import Operations, merge_functions
 from kiln.calls.errors import CallError
-from kiln.calls.lifecycle import Invoker
-from kiln.config import Config, LogsConfig
-from kiln.containers.janitor import Janitor
+from kiln.config import Config
 from kiln.containers.spec import Identity
 from kiln.containers.sweep import sweep_orphans
 from kiln.docker import DockerClient, DockerError, DockerTimeout, DockerUnreachable
 from kiln.functions.spec import FunctionSpec, never_fits
 from kiln.functions.store import FunctionStore
-from kiln.httpserver import open_listeners, serve_asgi
+from kiln.http import open_listeners, serve_asgi
 from kiln.logs.journal import open_forwarder
-from kiln.logs.service import Logs, LogSettings
+from kiln.logs.service import Logs
 from kiln.metrics import Metrics
-from kiln.supervisors import Supervisors
 from kiln.systemd import Notifier
 from kiln.units import format_size
+from kiln.wiring import Daemon, log_settings
 
 log = logging.getLogger("kiln.daemon")
 
@@ -87,39 +87,6 @@ async def watch_signals(
                 on_force()
 
 
-def log_settings(logs: LogsConfig, state_dir: str) -> LogSettings:
-    return LogSettings(
-        lines_per_function=logs.lines_per_function,
-        bytes_per_function=logs.bytes_per_function,
-        max_line=logs.max_line,
-        rate=logs.rate,
-        burst=logs.burst,
-        mirror_dir=(logs.dir or str(Path(state_dir) / "logs")) if logs.mirror else None,
-        file_size=logs.file_size,
-        file_count=logs.file_count,
-    )
-
-
-def open_logs(config: Config) -> Logs:
-    try:
-        forwarder = open_forwarder(config.logs.forward)
-    except OSError as e:
-        raise FatalStartupError(f"[logs] forward = {config.logs.forward!r}: {e}") from e
-    return Logs(log_settings(config.logs, config.daemon.state_dir), forwarder=forwarder)
-
-
-def open_tokens(config: Config) -> Tokens | None:
-    if config.daemon.auth != "token":
-        return None
-    tokens = Tokens(tokens_path(config.daemon.state_dir))
-    if not len(tokens):
-        log.warning(
-            'auth = "token" and no token exists yet: every call gets 401 until one is made '
-            "with `kiln token create`"
-        )
-    return tokens
-
-
 async def check_docker(docker: DockerClient) -> None:
     try:
         version = await docker.check_version()
@@ -147,23 +114,22 @@ async def run_daemon(
     )
     store = FunctionStore(config.daemon.state_dir)
     functions = merge_functions(config.functions, store.load())
-    plan = plan_capacity(read_host_resources(), cap=config.limits.memory)
+    host = read_host_resources()
+    plan = plan_capacity(host, cap=config.limits.memory)
     log.info("memory for containers: %s", plan.explain())
+    log.info("CPUs: %g (%s)", host.cpus, host.cpu_source)
     check_functions_fit(functions.values(), plan.capacity)
     limiter = DockerLimiter(
         create_rate=config.docker.create_rate,
         create_burst=config.docker.create_burst,
         max_inflight=config.docker.max_inflight,
     )
-    memory = MemoryBudget(
-        plan.capacity,
-        queue_max=config.limits.queue_max,
-        queue_wait=config.limits.queue_wait,
-        async_fraction=config.limits.async_fraction,
-    )
     metrics = Metrics(per_function=config.metrics.per_function)
-    logs = open_logs(config)
-    tokens = open_tokens(config)
+    try:
+        forwarder = open_forwarder(config.logs.forward)
+    except OSError as e:
+        raise FatalStartupError(f"[logs] forward = {config.logs.forward!r}: {e}") from e
+    logs = Logs(log_settings(config.logs, config.daemon.state_dir), forwarder=forwarder)
     drain_requested = trio.Event()
     stop_now = trio.CancelScope()
     notifier = Notifier()
@@ -182,51 +148,26 @@ async def run_daemon(
             observer=metrics.observe_docker,
         ) as docker:
             await check_docker(docker)
-            janitor = Janitor(docker)
-            supervisors = Supervisors(
-                janitor=janitor,
-                docker=docker,
-                memory=memory,
-                identity=identity,
-                iofs_root=Path(config.daemon.run_dir) / "iofs" / identity.instance,
-                queue_max=config.limits.queue_max,
-                queue_wait=config.limits.queue_wait,
-            )
-            memory.evictor = supervisors
-            invoker = Invoker(
+            daemon = Daemon.build(
+                config,
                 docker=docker,
                 identity=identity,
                 functions=functions,
-                max_response=config.daemon.max_response,
-                memory=memory,
-                supervisors=supervisors,
-                janitor=janitor,
-            )
-            metrics.attach(memory=memory, supervisors=supervisors, limiter=limiter, invoker=invoker)
-            controller = Operations(
-                config=config,
-                invoker=invoker,
-                supervisors=supervisors,
-                memory=memory,
-                docker=docker,
                 store=store,
                 capacity=plan.capacity,
                 on_drain=drain_requested.set,
+                metrics=metrics,
+                limiter=limiter,
+                host=host,
+                logs=logs,
             )
-            controller.on_removed.append(logs.forget)
-            controller.on_removed.append(metrics.forget)
-
-            def cors_origins(name: str) -> tuple[str, ...]:
-                spec = invoker.functions.get(name)
-                return spec.cors_origins if spec is not None else ()
-
-            app = AccessGate(
-                InvokeApp(invoker, max_body=config.daemon.max_body, metrics=metrics),
-                tokens=tokens,
-                metrics_need_token=config.metrics.require_token,
-                origins=cors_origins,
-            )
-            control_app = ControlApp(controller, logs=logs, tokens=tokens)
+            if daemon.tokens is not None and not len(daemon.tokens):
+                log.warning(
+                    'auth = "token" and no token exists yet: every call gets 401 until one '
+                    "is made with `kiln token create`"
+                )
+            controller = daemon.operations
+            calls = daemon.calls
             try:
                 invoke_listeners = await open_listeners(config.daemon.listen)
             except OSError as e:
@@ -253,11 +194,10 @@ async def run_daemon(
                     root.start_soon(
                         watch_signals, drain_requested.set, force, lambda: root.start_soon(reload)
                     )
-                await root.start(janitor.run)
                 # Before serving: what a crashed run left is gone before we start anew
-                # (bounded in time; see kiln.sweep).
+                # (bounded in time; see kiln.containers.sweep).
                 await sweep_orphans(docker, identity)
-                await root.start(supervisors.run, functions)
+                await root.start(daemon.run)
                 servers_down = trio.Event()
                 servers_stop = trio.Event()
 
@@ -268,7 +208,7 @@ async def run_daemon(
                         binds = await n.start(
                             partial(
                                 serve_asgi,
-                                app,
+                                daemon.invoke_app,
                                 invoke_listeners,
                                 shutdown=servers_stop,
                                 grace=SERVER_GRACE,
@@ -277,7 +217,7 @@ async def run_daemon(
                         await n.start(
                             partial(
                                 serve_asgi,
-                                control_app,
+                                daemon.control_app,
                                 control_listeners,
                                 shutdown=servers_stop,
                                 grace=SERVER_GRACE,
@@ -297,18 +237,18 @@ async def run_daemon(
                 task_status.started(binds)
 
                 await drain_requested.wait()
-                invoker.draining = True
+                calls.drain()
                 await notifier.stopping()
-                n = invoker.inflight
+                n = calls.inflight
                 log.info(
                     "draining: %d call(s) in flight, waiting up to %g s",
                     n,
                     config.daemon.drain_timeout,
                 )
                 with stop_now, trio.move_on_after(config.daemon.drain_timeout) as waited:
-                    await invoker.wait_idle()
+                    await calls.wait_idle()
                 if waited.cancelled_caught or stop_now.cancelled_caught:
-                    log.warning("drain: cancelling %d call(s) still in flight", invoker.inflight)
+                    log.warning("drain: cancelling %d call(s) still in flight", calls.inflight)
                 else:
                     servers_stop.set()  # let finished calls' responses go out
                     with trio.move_on_after(SERVER_GRACE + 1):
@@ -327,6 +267,6 @@ async def run_daemon(
 def status_line(controller: Operations) -> str:
     m = controller.memory.statistics()
     return (
-        f"{len(controller.invoker.functions)} function(s), {controller.invoker.inflight} call(s) in flight, "
+        f"{len(controller.registry)} function(s), {controller.calls.inflight} call(s) in flight, "
         f"{format_size(m.reserved)} of {format_size(m.capacity)} reserved"
     )

@@ -47,10 +47,6 @@ class FunctionSpec:
     pids_limit: int = 128
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call it ("*": any)
 
-    @property
-    def memory_mib(self) -> int:
-        return self.memory // MiB
-
     def to_json(self) -> dict[str, Any]:
         """The spec as a JSON/TOML-shaped table that :func:`parse_function` reads back."""
         out: dict[str, Any] = {
@@ -87,6 +83,20 @@ def never_fits(spec: FunctionSpec, capacity: int) -> str | None:
     )
 
 
+#: The defaults of every optional key, in one place.
+DEFAULTS = FunctionSpec(name="", image="")
+
+
+def check_scale(min_warm: int, max_containers: int, path: str) -> None:
+    """``min_warm``/``max_containers`` as any spec must have them (config, deploy, scale)."""
+    if min_warm < 0:
+        fail(f"{path}.min_warm", f"must be at least 0, got {min_warm}")
+    if max_containers < 1:
+        fail(f"{path}.max_containers", f"must be at least 1, got {max_containers}")
+    if min_warm > max_containers:
+        fail(f"{path}.min_warm", f"({min_warm}) must not exceed max_containers ({max_containers})")
+
+
 def check_name(name: str, path: str) -> None:
     if not NAME_RE.match(name):
         fail(
@@ -103,20 +113,20 @@ def parse_function(name: str, raw: object, path: str) -> FunctionSpec:
     if not image.strip():
         fail(t.key("image"), "must not be empty")
     cmd = t.string_list("cmd")
-    fmt = t.string("format", "stdio", choices=FORMATS)
-    memory = t.size("memory", 128 * MiB, minimum=MIN_MEMORY)
+    d = DEFAULTS
+    fmt = t.string("format", d.format, choices=FORMATS)
+    memory = t.size("memory", d.memory, minimum=MIN_MEMORY)
     cpus = t.optional_number("cpus", exclusive_minimum=0)
-    timeout = t.number("timeout", 30.0, exclusive_minimum=0)
-    start_timeout = t.number("start_timeout", 5.0, exclusive_minimum=0)
-    idle_timeout = t.number("idle_timeout", 30.0, minimum=0)
-    min_warm = t.integer("min_warm", 0, minimum=0)
-    max_containers = t.integer("max_containers", 10, minimum=1)
-    if min_warm > max_containers:
-        fail(t.key("min_warm"), f"({min_warm}) must not exceed max_containers ({max_containers})")
+    timeout = t.number("timeout", d.timeout, exclusive_minimum=0)
+    start_timeout = t.number("start_timeout", d.start_timeout, exclusive_minimum=0)
+    idle_timeout = t.number("idle_timeout", d.idle_timeout, minimum=0)
+    min_warm = t.integer("min_warm", d.min_warm)
+    max_containers = t.integer("max_containers", d.max_containers)
+    check_scale(min_warm, max_containers, path)
     env = t.string_map("env")
     rate = t.rate("rate")
-    network = t.string("network", "none")
-    pids_limit = t.integer("pids_limit", 128, minimum=1)
+    network = t.string("network", d.network)
+    pids_limit = t.integer("pids_limit", d.pids_limit, minimum=1)
     cors_origins = _origins(t, "cors_origins")
     t.done()
     return FunctionSpec(
