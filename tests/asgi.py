@@ -8,8 +8,7 @@ from typing import Any
 
 import trio
 
-from kiln.api.control import ControlApp
-from kiln.api.invoke import InvokeApp
+from kiln.api.access import ASGIApp
 
 
 @dataclass
@@ -23,7 +22,7 @@ class Reply:
 
 
 async def request(
-    app: InvokeApp | ControlApp,
+    app: ASGIApp,
     method: str,
     path: str,
     body: bytes = b"",

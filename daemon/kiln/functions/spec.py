@@ -18,6 +18,9 @@ Format = Literal["stdio", "http-stream"]
 FORMATS: tuple[Format, ...] = ("stdio", "http-stream")
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+ORIGIN_RE = re.compile(
+    r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$"
+)
 
 #: Docker refuses memory limits below 6 MiB.
 MIN_MEMORY = 6 * MiB
@@ -42,6 +45,7 @@ class FunctionSpec:
     rate: float | None = None
     network: str = "none"
     pids_limit: int = 128
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call it ("*": any)
     # Async calls (kiln.asyncq): retries after a retryable failure; whether a
     # function error (502) is retried too; how many of its async calls run at
     # once (None: max_containers).
@@ -79,6 +83,8 @@ class FunctionSpec:
         out["retry_on_error"] = self.retry_on_error
         if self.async_concurrency is not None:
             out["async_concurrency"] = self.async_concurrency
+        if self.cors_origins:
+            out["cors_origins"] = list(self.cors_origins)
         return out
 
 
@@ -141,6 +147,7 @@ def parse_function(name: str, raw: object, path: str) -> FunctionSpec:
     async_concurrency = (
         t.integer("async_concurrency", 1, minimum=1) if t.has("async_concurrency") else None
     )
+    cors_origins = _origins(t, "cors_origins")
     t.done()
     return FunctionSpec(
         name=name,
@@ -161,4 +168,21 @@ def parse_function(name: str, raw: object, path: str) -> FunctionSpec:
         retries=retries,
         retry_on_error=retry_on_error,
         async_concurrency=async_concurrency,
+        cors_origins=cors_origins,
     )
+
+
+def _origins(t: Table, key: str) -> tuple[str, ...]:
+    """Browser origins: ``"*"`` or ``scheme://host[:port]`` (no path, no trailing slash)."""
+    if t.raw.get(key) == []:
+        t._get(key)  # an empty list: no origins (marks the key as read)
+        return ()
+    value = t.string_list(key) or ()
+    for origin in value:
+        if origin != "*" and not ORIGIN_RE.match(origin):
+            fail(
+                t.key(key),
+                f'{origin!r} is not an origin: give "*" or scheme://host[:port] '
+                '(like "https://app.example"), no path',
+            )
+    return value
