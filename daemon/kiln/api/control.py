@@ -33,7 +33,7 @@ from kiln.api.operations import BadRequest, Operations
 from kiln.calls.errors import CallError, NotFound
 from kiln.calls.lifecycle import Timings
 from kiln.functions.spec import parse_function
-from kiln.functions.validate import ConfigError
+from kiln.functions.validate import ConfigError, depth_problem
 
 log = logging.getLogger("kiln.control")
 
@@ -138,9 +138,15 @@ class ControlApp:
     async def _json_body(self, receive: Receive) -> Any:
         raw = await self._body(receive)
         try:
-            return json.loads(raw or b"{}")
-        except ValueError as e:
+            value = json.loads(raw or b"{}")
+        except RecursionError as e:
+            raise BadRequest(f"body is not JSON we read: {e}") from e
+        except ValueError as e:  # also bad UTF-8 and integers of too many digits
             raise BadRequest(f"body is not JSON: {e}") from e
+        nested = depth_problem(value)
+        if nested is not None:
+            raise BadRequest(f"body is not JSON we read: {nested}")
+        return value
 
     async def _route(
         self, scope: Scope, receive: Receive, call_id: str

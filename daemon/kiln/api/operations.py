@@ -20,7 +20,8 @@ from kiln.calls.errors import CallError, NotFound
 from kiln.calls.lifecycle import Invoker
 from kiln.config import Config, ConfigError, load
 from kiln.docker import DockerClient, DockerError
-from kiln.functions.spec import FunctionSpec, never_fits
+from kiln.functions.policy import HostPolicy
+from kiln.functions.spec import MAX_CONTAINERS, FunctionSpec
 from kiln.functions.store import FunctionStore
 from kiln.supervisors import Supervisors
 from kiln.units import format_size
@@ -60,6 +61,7 @@ class Operations:
         store: FunctionStore,
         capacity: int,
         on_drain: Callable[[], None],
+        policy: HostPolicy | None = None,
     ) -> None:
         self.config = config
         self.invoker = invoker
@@ -68,6 +70,7 @@ class Operations:
         self.docker = docker
         self.store = store
         self.capacity = capacity
+        self.policy = policy or HostPolicy(capacity, networks=config.limits.networks)
         self.on_drain = on_drain
         self.started_at = trio.current_time()
         self._lock = trio.Lock()  # one change at a time
@@ -151,7 +154,7 @@ class Operations:
     # ---- changes -------------------------------------------------------------
 
     def _check_fits(self, spec: FunctionSpec) -> None:
-        problem = never_fits(spec, self.capacity)
+        problem = self.policy.problem(spec)
         if problem is not None:
             raise BadRequest(problem, code="bad_spec")
 
@@ -175,8 +178,14 @@ class Operations:
         """Deploy or update a function; persisted, so it survives a restart."""
         self._check_fits(spec)
         async with self._lock:
+            previous = self.store.read_bytes(spec.name)
             self.store.save(spec)
-            await self._apply(spec)
+            try:
+                await self._apply(spec)
+            except BaseException:
+                # Refused or interrupted: the store keeps what it had before.
+                self.store.restore(spec.name, previous)
+                raise
         log.info("deployed function %s (%s, %s)", spec.name, spec.image, format_size(spec.memory))
 
     async def remove(self, name: str) -> None:
@@ -196,6 +205,10 @@ class Operations:
             raise BadRequest(f"min_warm must be at least 0, got {new_min}", code="bad_spec")
         if new_max < 1:
             raise BadRequest(f"max_containers must be at least 1, got {new_max}", code="bad_spec")
+        if new_max > MAX_CONTAINERS:
+            raise BadRequest(
+                f"max_containers must be at most {MAX_CONTAINERS}, got {new_max}", code="bad_spec"
+            )
         if new_min > new_max:
             raise BadRequest(
                 f"min_warm ({new_min}) must not exceed max_containers ({new_max})", code="bad_spec"
@@ -219,8 +232,8 @@ class Operations:
             raise BadRequest(
                 f"config not reloaded, the running one stays: {e}", code="bad_config"
             ) from e
-        merged = merge_functions(config.functions, self.store.load())
-        for spec in merged.values():
+        merged = merge_functions(config.functions, self.store.load(self.policy.problem))
+        for spec in config.functions.values():
             try:
                 self._check_fits(spec)
             except BadRequest as e:
