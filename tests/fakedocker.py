@@ -35,7 +35,7 @@ import trio
 import trio.testing
 
 from kiln.docker.frames import STDERR, STDOUT, encode_frame
-from kiln.httpstream import FnProtocolError, FnResponse
+from kiln.hot.httpstream import FnProtocolError, FnResponse
 
 
 class Proc:

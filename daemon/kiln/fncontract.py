@@ -1,7 +1,7 @@
 """The Fn project's ``http-stream`` call contract, as pure functions (no I/O but one ``lstat``).
 
-This module says *what* is exchanged with a hot container; :mod:`kiln.readiness`
-and :mod:`kiln.httpstream` do the waiting and the socket I/O.
+This module says *what* is exchanged with a hot container; :mod:`kiln.hot.readiness`
+and :mod:`kiln.hot.httpstream` do the waiting and the socket I/O.
 
 The contract (what an unchanged Fn function image expects):
 

@@ -3,9 +3,16 @@
 ::
 
     root nursery
-    ├── signals: SIGTERM/SIGINT → graceful stop (a second one: stop now)
-    ├── Docker client (one httpx.AsyncClient on the socket)
-    └── invoke + control API servers (kiln.httpserver: h11 on Trio)
+    ├── signals: SIGTERM/SIGINT → graceful stop (a second one: stop now), SIGHUP → reload
+    ├── daemon parts (kiln.wiring.Daemon.run)
+    │   ├── janitor
+    │   └── supervisors nursery → one supervisor per hot function → its containers
+    ├── servers: invoke + control API (kiln.http: h11 on Trio)
+    │   └── one task per connection; a call runs in its connection's task
+    └── systemd watchdog
+
+The parts themselves are built in :mod:`kiln.wiring` (the tests build the same
+ones on a fake Docker engine); this module adds the process around them.
 
 Cancelling the root cancels every call, and every call's ``finally`` removes
 its container (shielded, bounded), so a stopped daemon leaves nothing behind.
@@ -19,32 +26,27 @@ import os
 import signal
 from collections.abc import Callable, Iterable
 from functools import partial
-from pathlib import Path
 
 import trio
 
 from kiln import __version__
 from kiln.admission.hostmem import plan_capacity, read_host_resources
-from kiln.admission.memory import MemoryBudget
 from kiln.admission.ratelimit import DockerLimiter
-from kiln.api.control import AnotherKilnRunning, ControlApp, open_control_socket
-from kiln.api.invoke import InvokeApp
+from kiln.api.control import AnotherKilnRunning, open_control_socket
 from kiln.api.operations import Operations, merge_functions
 from kiln.calls.errors import CallError
-from kiln.calls.lifecycle import Invoker
 from kiln.config import Config
-from kiln.containers.janitor import Janitor
 from kiln.containers.spec import Identity
 from kiln.containers.sweep import sweep_orphans
 from kiln.docker import DockerClient, DockerError, DockerTimeout, DockerUnreachable
 from kiln.functions.policy import HostPolicy, host_cpus
 from kiln.functions.spec import FunctionSpec
 from kiln.functions.store import FunctionStore
-from kiln.httpserver import open_listeners, serve_asgi
+from kiln.http import open_listeners, serve_asgi
 from kiln.metrics import Metrics
-from kiln.supervisors import Supervisors
 from kiln.systemd import Notifier
 from kiln.units import format_size
+from kiln.wiring import Daemon
 
 log = logging.getLogger("kiln.daemon")
 
@@ -116,8 +118,10 @@ async def run_daemon(
         config.source,
     )
     store = FunctionStore(config.daemon.state_dir)
-    plan = plan_capacity(read_host_resources(), cap=config.limits.memory)
+    host = read_host_resources()
+    plan = plan_capacity(host, cap=config.limits.memory)
     log.info("memory for containers: %s", plan.explain())
+    log.info("CPUs: %g (%s)", host.cpus, host.cpu_source)
     policy = HostPolicy(plan.capacity, networks=config.limits.networks, cpus=host_cpus())
     check_functions_fit(config.functions.values(), policy)
     # A persisted spec this version or host refuses is skipped (logged), never fatal.
@@ -126,12 +130,6 @@ async def run_daemon(
         create_rate=config.docker.create_rate,
         create_burst=config.docker.create_burst,
         max_inflight=config.docker.max_inflight,
-    )
-    memory = MemoryBudget(
-        plan.capacity,
-        queue_max=config.limits.queue_max,
-        queue_wait=config.limits.queue_wait,
-        async_fraction=config.limits.async_fraction,
     )
     metrics = Metrics()
     drain_requested = trio.Event()
@@ -152,40 +150,21 @@ async def run_daemon(
             observer=metrics.observe_docker,
         ) as docker:
             await check_docker(docker)
-            janitor = Janitor(docker)
-            supervisors = Supervisors(
-                janitor=janitor,
-                docker=docker,
-                memory=memory,
-                identity=identity,
-                iofs_root=Path(config.daemon.run_dir) / "iofs" / identity.instance,
-                queue_max=config.limits.queue_max,
-                queue_wait=config.limits.queue_wait,
-            )
-            memory.evictor = supervisors
-            invoker = Invoker(
+            daemon = Daemon.build(
+                config,
                 docker=docker,
                 identity=identity,
                 functions=functions,
-                max_response=config.daemon.max_response,
-                memory=memory,
-                supervisors=supervisors,
-                janitor=janitor,
-            )
-            metrics.attach(memory=memory, supervisors=supervisors, limiter=limiter, invoker=invoker)
-            controller = Operations(
-                config=config,
-                invoker=invoker,
-                supervisors=supervisors,
-                memory=memory,
-                docker=docker,
                 store=store,
                 capacity=plan.capacity,
                 policy=policy,
                 on_drain=drain_requested.set,
+                metrics=metrics,
+                limiter=limiter,
+                host=host,
             )
-            app = InvokeApp(invoker, max_body=config.daemon.max_body, metrics=metrics)
-            control_app = ControlApp(controller)
+            controller = daemon.operations
+            calls = daemon.calls
             try:
                 invoke_listeners = await open_listeners(config.daemon.listen)
             except OSError as e:
@@ -212,11 +191,10 @@ async def run_daemon(
                     root.start_soon(
                         watch_signals, drain_requested.set, force, lambda: root.start_soon(reload)
                     )
-                await root.start(janitor.run)
                 # Before serving: what a crashed run left is gone before we start anew
-                # (bounded in time; see kiln.sweep).
+                # (bounded in time; see kiln.containers.sweep).
                 await sweep_orphans(docker, identity)
-                await root.start(supervisors.run, functions)
+                await root.start(daemon.run)
                 servers_down = trio.Event()
                 servers_stop = trio.Event()
 
@@ -227,7 +205,7 @@ async def run_daemon(
                         binds = await n.start(
                             partial(
                                 serve_asgi,
-                                app,
+                                daemon.invoke_app,
                                 invoke_listeners,
                                 shutdown=servers_stop,
                                 grace=SERVER_GRACE,
@@ -236,7 +214,7 @@ async def run_daemon(
                         await n.start(
                             partial(
                                 serve_asgi,
-                                control_app,
+                                daemon.control_app,
                                 control_listeners,
                                 shutdown=servers_stop,
                                 grace=SERVER_GRACE,
@@ -256,18 +234,18 @@ async def run_daemon(
                 task_status.started(binds)
 
                 await drain_requested.wait()
-                invoker.draining = True
+                calls.drain()
                 await notifier.stopping()
-                n = invoker.inflight
+                n = calls.inflight
                 log.info(
                     "draining: %d call(s) in flight, waiting up to %g s",
                     n,
                     config.daemon.drain_timeout,
                 )
                 with stop_now, trio.move_on_after(config.daemon.drain_timeout) as waited:
-                    await invoker.wait_idle()
+                    await calls.wait_idle()
                 if waited.cancelled_caught or stop_now.cancelled_caught:
-                    log.warning("drain: cancelling %d call(s) still in flight", invoker.inflight)
+                    log.warning("drain: cancelling %d call(s) still in flight", calls.inflight)
                 else:
                     servers_stop.set()  # let finished calls' responses go out
                     with trio.move_on_after(SERVER_GRACE + 1):
@@ -285,6 +263,6 @@ async def run_daemon(
 def status_line(controller: Operations) -> str:
     m = controller.memory.statistics()
     return (
-        f"{len(controller.invoker.functions)} function(s), {controller.invoker.inflight} call(s) in flight, "
+        f"{len(controller.registry)} function(s), {controller.calls.inflight} call(s) in flight, "
         f"{format_size(m.reserved)} of {format_size(m.capacity)} reserved"
     )

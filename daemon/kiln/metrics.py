@@ -17,10 +17,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from kiln.admission.hostmem import HostResources
     from kiln.admission.memory import MemoryBudget
     from kiln.admission.ratelimit import DockerLimiter
-    from kiln.calls.lifecycle import Invoker
-    from kiln.supervisors import Supervisors
+    from kiln.calls.lifecycle import Calls
+    from kiln.containers.janitor import Janitor
+    from kiln.functions.registry import FunctionRegistry
+    from kiln.hot.supervisors import Supervisors
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (
@@ -92,9 +95,15 @@ class Metrics:
         memory: MemoryBudget,
         supervisors: Supervisors,
         limiter: DockerLimiter | None,
-        invoker: Invoker,
+        calls: Calls,
+        registry: FunctionRegistry,
+        janitor: Janitor | None = None,
+        host: HostResources | None = None,
     ) -> None:
-        self.registry.register(_StateCollector(memory, supervisors, limiter, invoker))
+        """Read these components' statistics at every scrape."""
+        self.registry.register(
+            _StateCollector(memory, supervisors, limiter, calls, registry, janitor, host)
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -106,12 +115,18 @@ class _StateCollector(Collector):
         memory: MemoryBudget,
         supervisors: Supervisors,
         limiter: DockerLimiter | None,
-        invoker: Invoker,
+        calls: Calls,
+        functions: FunctionRegistry,
+        janitor: Janitor | None,
+        host: HostResources | None,
     ) -> None:
         self.memory = memory
         self.supervisors = supervisors
         self.limiter = limiter
-        self.invoker = invoker
+        self.calls = calls
+        self.functions = functions
+        self.janitor = janitor
+        self.host = host
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         m = self.memory.statistics()
@@ -144,11 +159,31 @@ class _StateCollector(Collector):
         yield evictions
         yield waiting
         yield GaugeMetricFamily(
-            "kiln_calls_in_flight", "Calls in flight", value=self.invoker.inflight
+            "kiln_calls_in_flight", "Calls in flight", value=self.calls.inflight
         )
-        yield GaugeMetricFamily(
-            "kiln_draining", "1 while draining", value=int(self.invoker.draining)
-        )
+        yield GaugeMetricFamily("kiln_draining", "1 while draining", value=int(self.calls.draining))
+        yield from self._rate_limits()
+        if self.janitor is not None:
+            js = self.janitor.statistics()
+            yield GaugeMetricFamily(
+                "kiln_janitor_pending",
+                "Containers whose removal failed, waiting to be removed again",
+                value=js.pending,
+            )
+            yield CounterMetricFamily(
+                "kiln_janitor_removed", "Containers the janitor removed", value=js.removed_total
+            )
+            yield CounterMetricFamily(
+                "kiln_janitor_attempts",
+                "Removals the janitor tried",
+                value=js.attempts_total,
+            )
+        if self.host is not None:
+            yield GaugeMetricFamily(
+                "kiln_host_cpus",
+                "CPUs this daemon may use (host or cgroup quota)",
+                value=self.host.cpus,
+            )
         if self.limiter is not None:
             ls = self.limiter.statistics()
             yield GaugeMetricFamily(
@@ -164,3 +199,27 @@ class _StateCollector(Collector):
                 "Time creates spent waiting for a token",
                 value=ls.create.total_wait_time,
             )
+
+    def _rate_limits(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        allowed = CounterMetricFamily(
+            "kiln_invoke_rate_allowed",
+            "Calls a function's invoke rate let through",
+            labels=["function"],
+        )
+        rejected = CounterMetricFamily(
+            "kiln_invoke_rate_rejected",
+            "Calls refused (429) by a function's invoke rate",
+            labels=["function"],
+        )
+        tokens = GaugeMetricFamily(
+            "kiln_invoke_rate_tokens",
+            "Calls a function's invoke rate would let through now",
+            labels=["function"],
+        )
+        for name, rs in self.functions.rate_statistics().items():
+            allowed.add_metric([name], rs.allowed)
+            rejected.add_metric([name], rs.rejected)
+            tokens.add_metric([name], rs.tokens)
+        yield allowed
+        yield rejected
+        yield tokens

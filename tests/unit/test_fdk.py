@@ -29,8 +29,8 @@ import trio
 
 import fdk
 from kiln.fncontract import Verdict, call_request_headers, format_deadline, interpret_response
-from kiln.httpstream import FnConnection, FnProtocolError
-from kiln.readiness import ListenerInvalid, wait_for_listener
+from kiln.hot.httpstream import FnConnection, FnProtocolError
+from kiln.hot.readiness import ListenerInvalid, wait_for_listener
 
 REPO = Path(__file__).resolve().parents[2]
 FUNCTIONS = REPO / "tests" / "images" / "functions"

@@ -5,7 +5,8 @@ response body, stderr → Kiln's log. Exit 0 → 200; any other exit → 502 wit
 exit code and the tail of stderr; OOM-killed → 502 saying to raise ``memory``;
 over ``timeout`` → the container is killed and the caller gets 504.
 
-:func:`outcome` is the pure exit-code → HTTP mapping; :func:`run_stdio` does the I/O.
+:func:`outcome` is the pure exit-code → HTTP mapping; :func:`run_stdio` does the I/O;
+:class:`StdioRunner` holds what every stdio call needs and maps Docker's failures.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import trio
 
-from kiln.calls.errors import CallError, CallTimeout, FunctionFailed
+from kiln.calls.errors import CallError, CallTimeout, FunctionFailed, docker_call_error
 from kiln.containers.janitor import Janitor
 from kiln.containers.spec import Identity, container_config, container_name
 from kiln.docker import (
@@ -92,6 +93,16 @@ def outcome(spec: FunctionSpec, info: ExitInfo) -> CallError | None:
     )
 
 
+@dataclass(frozen=True)
+class StdioOutput:
+    """What a successful stdio call produced, and how long its phases took (seconds):
+    ``start`` is creating and starting the container, ``run`` the rest."""
+
+    stdout: bytes
+    start: float
+    run: float
+
+
 class OutputTooLarge(FunctionFailed):
     code = "output_too_large"
 
@@ -143,8 +154,8 @@ async def run_stdio(
     *,
     max_output: int,
     janitor: Janitor | None = None,
-) -> bytes:
-    """Run one ``stdio`` call in a fresh container; return its stdout.
+) -> StdioOutput:
+    """Run one ``stdio`` call in a fresh container; return its stdout and timings.
 
     The container is removed on every path — success, failure, timeout, and
     cancellation (the removal runs shielded and bounded by CLEANUP_TIMEOUT).
@@ -156,10 +167,12 @@ async def run_stdio(
     # out or whose caller was cancelled may still have made it): its name is
     # deterministic, so cleanup removes it by name.
     cid: str | None = name
+    t0 = trio.current_time()
     try:
         cid = await docker.create_container(config, name=name)
         async with docker.attach(cid) as stream:
             await docker.start(cid)
+            started = trio.current_time()
             with trio.move_on_after(spec.timeout) as scope:
                 try:
                     stdout, stderr = await _pump(stream, body, max_output, spec, call_id)
@@ -181,7 +194,7 @@ async def run_stdio(
         error = outcome(spec, ExitInfo(result.status_code, oom, stderr.text()))
         if error is not None:
             raise error
-        return stdout
+        return StdioOutput(stdout, started - t0, trio.current_time() - started)
     finally:
         if cid is not None:
             await remove_container(docker, cid, spec.name, janitor)
@@ -207,3 +220,36 @@ async def remove_container(
                 janitor.remove_later(cid, function)
             else:
                 log.error("container %s of %s was not removed", cid[:12], function)
+
+
+class StdioRunner:
+    """Runs stdio calls for the daemon: what every call needs (Docker, the daemon's
+    identity, the response limit, the janitor) held once. Docker's failures become
+    :class:`CallError` here."""
+
+    def __init__(
+        self,
+        docker: DockerClient,
+        identity: Identity,
+        *,
+        max_response: int,
+        janitor: Janitor | None = None,
+    ) -> None:
+        self.docker = docker
+        self.identity = identity
+        self.max_response = max_response
+        self.janitor = janitor
+
+    async def run(self, spec: FunctionSpec, call_id: str, body: bytes) -> StdioOutput:
+        try:
+            return await run_stdio(
+                self.docker,
+                spec,
+                self.identity,
+                call_id,
+                body,
+                max_output=self.max_response,
+                janitor=self.janitor,
+            )
+        except DockerError as e:
+            raise docker_call_error(e, spec) from e

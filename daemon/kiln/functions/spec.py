@@ -64,10 +64,6 @@ class FunctionSpec:
     pids_limit: int = 128
     user: str = DEFAULT_USER
 
-    @property
-    def memory_mib(self) -> int:
-        return self.memory // MiB
-
     def to_json(self) -> dict[str, Any]:
         """The spec as a JSON/TOML-shaped table that :func:`parse_function` reads back."""
         out: dict[str, Any] = {
@@ -101,6 +97,22 @@ def never_fits(spec: FunctionSpec, capacity: int) -> str | None:
         f"functions.{spec.name}.memory: {format_size(spec.memory)} can never fit: "
         f"Kiln has {format_size(capacity)} for containers on this host ([limits] memory)"
     )
+
+
+#: The defaults of every optional key, in one place.
+DEFAULTS = FunctionSpec(name="", image="")
+
+
+def check_scale(min_warm: int, max_containers: int, path: str) -> None:
+    """``min_warm``/``max_containers`` as any spec must have them (config, deploy, scale)."""
+    if min_warm < 0:
+        fail(f"{path}.min_warm", f"must be at least 0, got {min_warm}")
+    if max_containers < 1:
+        fail(f"{path}.max_containers", f"must be at least 1, got {max_containers}")
+    if max_containers > MAX_CONTAINERS:
+        fail(f"{path}.max_containers", f"must be at most {MAX_CONTAINERS}, got {max_containers}")
+    if min_warm > max_containers:
+        fail(f"{path}.min_warm", f"({min_warm}) must not exceed max_containers ({max_containers})")
 
 
 def network_refusal(network: str) -> str | None:
@@ -152,26 +164,28 @@ def parse_function(name: str, raw: object, path: str) -> FunctionSpec:
     if not IMAGE_RE.match(image):
         fail(t.key("image"), f"must be an image reference without spaces, got {show(image)}")
     cmd = t.string_list("cmd")
-    fmt = t.string("format", "stdio", choices=FORMATS)
-    memory = t.size("memory", 128 * MiB, minimum=MIN_MEMORY)
+    d = DEFAULTS
+    fmt = t.string("format", d.format, choices=FORMATS)
+    memory = t.size("memory", d.memory, minimum=MIN_MEMORY)
     cpus = t.optional_number("cpus", exclusive_minimum=0, maximum=MAX_CPUS)
     if cpus is not None and cpus < MIN_CPUS:
         fail(t.key("cpus"), f"must be at least {MIN_CPUS:g}, got {show(cpus)}")
-    timeout = t.number("timeout", 30.0, exclusive_minimum=0, maximum=MAX_SECONDS)
-    start_timeout = t.number("start_timeout", 5.0, exclusive_minimum=0, maximum=MAX_SECONDS)
-    idle_timeout = t.number("idle_timeout", 30.0, minimum=0, maximum=MAX_SECONDS)
-    min_warm = t.integer("min_warm", 0, minimum=0, maximum=MAX_CONTAINERS)
-    max_containers = t.integer("max_containers", 10, minimum=1, maximum=MAX_CONTAINERS)
-    if min_warm > max_containers:
-        fail(t.key("min_warm"), f"({min_warm}) must not exceed max_containers ({max_containers})")
+    timeout = t.number("timeout", d.timeout, exclusive_minimum=0, maximum=MAX_SECONDS)
+    start_timeout = t.number(
+        "start_timeout", d.start_timeout, exclusive_minimum=0, maximum=MAX_SECONDS
+    )
+    idle_timeout = t.number("idle_timeout", d.idle_timeout, minimum=0, maximum=MAX_SECONDS)
+    min_warm = t.integer("min_warm", d.min_warm, maximum=MAX_CONTAINERS)
+    max_containers = t.integer("max_containers", d.max_containers, maximum=MAX_CONTAINERS)
+    check_scale(min_warm, max_containers, path)
     env = t.string_map("env")
     rate = t.rate("rate", maximum=MAX_RATE)
-    network = t.string("network", "none")
+    network = t.string("network", d.network)
     refusal = network_refusal(network)
     if refusal is not None:
         fail(t.key("network"), refusal)
-    pids_limit = t.integer("pids_limit", 128, minimum=1, maximum=MAX_PIDS)
-    user = t.string("user", DEFAULT_USER)
+    pids_limit = t.integer("pids_limit", d.pids_limit, minimum=1, maximum=MAX_PIDS)
+    user = t.string("user", d.user)
     if not USER_RE.match(user):
         fail(
             t.key("user"),
