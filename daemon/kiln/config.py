@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kiln.functions.fnyaml import expand_from
 from kiln.functions.spec import (
     MAX_SECONDS,
     FunctionSpec,
@@ -165,18 +166,23 @@ def _networks(t: Table) -> tuple[str, ...]:
     return tuple(names)
 
 
-def parse(raw: Mapping[str, object], source: str = "<config>") -> Config:
-    """Validate a parsed TOML document."""
+def parse(
+    raw: Mapping[str, object], source: str = "<config>", base_dir: Path | None = None
+) -> Config:
+    """Validate a parsed TOML document. ``from`` paths are relative to ``base_dir`` (else cwd)."""
     problem = depth_problem(raw)
     if problem is not None:
         fail("", f"{source}: {problem}")
+    base = base_dir if base_dir is not None else Path(".")
     top = Table(raw, "")
     daemon = _daemon(top.table("daemon"))
     docker = _docker(top.table("docker"))
     limits = _limits(top.table("limits"))
     fns_table = top.table("functions")
     functions = {
-        name: parse_function(name, body, fns_table.key(name))
+        name: parse_function(
+            name, expand_from(body, fns_table.key(name), base), fns_table.key(name)
+        )
         for name, body in fns_table.raw.items()
     }
     for spec in functions.values():
@@ -196,7 +202,7 @@ def load(path: str | Path) -> Config:
         raise ConfigError("", f"cannot read config {p}: {e.strerror or e}") from e
     except UnicodeDecodeError as e:
         raise ConfigError("", f"{p}: not UTF-8 text: {e.reason} at byte {e.start}") from e
-    return parse(read_toml(text, str(p)), source=str(p))
+    return parse(read_toml(text, str(p)), source=str(p), base_dir=p.parent)
 
 
 def read_toml(text: str, source: str) -> dict[str, object]:

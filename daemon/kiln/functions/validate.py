@@ -51,7 +51,13 @@ def show(value: object, limit: int = 60) -> str:
 
 
 def depth_problem(value: object, limit: int = MAX_DEPTH) -> str | None:
-    """Why a parsed document nests too deeply to be read, or None. Iterative: no recursion."""
+    """Why a parsed document nests too deeply to be read, or None.
+
+    Iterative (no recursion), and a node shared by several parents (YAML
+    aliases) is walked again only when reached deeper, so the walk stays
+    linear in the document's size even for a cyclic or heavily shared one.
+    """
+    deepest: dict[int, int] = {}
     stack: list[tuple[object, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
@@ -63,6 +69,9 @@ def depth_problem(value: object, limit: int = MAX_DEPTH) -> str | None:
             continue
         if depth >= limit:
             return f"nested more than {limit} levels deep"
+        if deepest.get(id(item), -1) >= depth:
+            continue
+        deepest[id(item)] = depth
         stack.extend((child, depth + 1) for child in children)
     return None
 
