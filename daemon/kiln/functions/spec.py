@@ -18,6 +18,9 @@ Format = Literal["stdio", "http-stream"]
 FORMATS: tuple[Format, ...] = ("stdio", "http-stream")
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+ORIGIN_RE = re.compile(
+    r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$"
+)
 
 #: Docker refuses memory limits below 6 MiB.
 MIN_MEMORY = 6 * MiB
@@ -63,6 +66,7 @@ class FunctionSpec:
     network: str = "none"
     pids_limit: int = 128
     user: str = DEFAULT_USER
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call it ("*": any)
 
     def to_json(self) -> dict[str, Any]:
         """The spec as a JSON/TOML-shaped table that :func:`parse_function` reads back."""
@@ -86,6 +90,8 @@ class FunctionSpec:
             out["cpus"] = self.cpus
         if self.rate is not None:
             out["rate"] = self.rate
+        if self.cors_origins:
+            out["cors_origins"] = list(self.cors_origins)
         return out
 
 
@@ -191,6 +197,7 @@ def parse_function(name: str, raw: object, path: str) -> FunctionSpec:
             t.key("user"),
             f'must be "UID", "UID:GID", "NAME" or "NAME:GROUP", got {show(user)}',
         )
+    cors_origins = _origins(t, "cors_origins")
     t.done()
     return FunctionSpec(
         name=name,
@@ -209,4 +216,21 @@ def parse_function(name: str, raw: object, path: str) -> FunctionSpec:
         network=network,
         pids_limit=pids_limit,
         user=user,
+        cors_origins=cors_origins,
     )
+
+
+def _origins(t: Table, key: str) -> tuple[str, ...]:
+    """Browser origins: ``"*"`` or ``scheme://host[:port]`` (no path, no trailing slash)."""
+    if t.raw.get(key) == []:
+        t._get(key)  # an empty list: no origins (marks the key as read)
+        return ()
+    value = t.string_list(key) or ()
+    for origin in value:
+        if origin != "*" and not ORIGIN_RE.match(origin):
+            fail(
+                t.key(key),
+                f'{show(origin)} is not an origin: give "*" or scheme://host[:port] '
+                '(like "https://app.example"), no path',
+            )
+    return value
