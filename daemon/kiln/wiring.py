@@ -33,6 +33,7 @@ from kiln.calls.lifecycle import Calls
 from kiln.calls.stdio import StdioRunner
 from kiln.config import Config
 from kiln.containers.janitor import Janitor
+from kiln.containers.runtime import ContainerRuntime
 from kiln.containers.spec import Identity
 from kiln.docker import DockerClient
 from kiln.functions.registry import FunctionRegistry
@@ -88,9 +89,9 @@ class Daemon:
             async_fraction=limits.async_fraction,
         )
         janitor = Janitor(docker)
+        runtime = ContainerRuntime(docker, janitor=janitor)
         supervisors = Supervisors(
-            janitor=janitor,
-            docker=docker,
+            runtime=runtime,
             memory=memory,
             identity=identity,
             iofs_root=Path(config.daemon.run_dir) / "iofs" / identity.instance,
@@ -100,9 +101,7 @@ class Daemon:
         )
         memory.evictor = supervisors
         registry = FunctionRegistry(functions, supervisors)
-        stdio = StdioRunner(
-            docker, identity, max_response=config.daemon.max_response, janitor=janitor
-        )
+        stdio = StdioRunner(runtime, identity, max_response=config.daemon.max_response)
         calls = Calls(registry=registry, stdio=stdio, memory=memory, metrics=metrics)
         operations = Operations(
             config=config,
