@@ -7,7 +7,7 @@
     ├── daemon parts (kiln.wiring.Daemon.run)
     │   ├── janitor
     │   └── supervisors nursery → one supervisor per hot function → its containers
-    ├── servers: invoke + control API (kiln.httpserver: h11 on Trio)
+    ├── servers: invoke + control API (kiln.http: h11 on Trio)
     │   └── one task per connection; a call runs in its connection's task
     └── systemd watchdog
 
@@ -41,7 +41,7 @@ from kiln.containers.sweep import sweep_orphans
 from kiln.docker import DockerClient, DockerError, DockerTimeout, DockerUnreachable
 from kiln.functions.spec import FunctionSpec, never_fits
 from kiln.functions.store import FunctionStore
-from kiln.httpserver import open_listeners, serve_asgi
+from kiln.http import open_listeners, serve_asgi
 from kiln.metrics import Metrics
 from kiln.systemd import Notifier
 from kiln.units import format_size

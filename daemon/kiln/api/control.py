@@ -19,19 +19,18 @@ refused ("another kiln is running").
 from __future__ import annotations
 
 import dataclasses
-import grp
 import json
 import logging
-import os
 import socket
-import stat
 from typing import Any
 
-from kiln.api.invoke import Receive, Scope, Send, error_body, lifespan, new_call_id, run_call
+from kiln.api.invoke import new_call_id, run_call
 from kiln.api.operations import BadRequest, Operations
 from kiln.calls.errors import CallError, NotFound
 from kiln.functions.spec import parse_function
 from kiln.functions.validate import ConfigError
+from kiln.http.asgi import ClientGone, Receive, Scope, Send, error_body, lifespan, read_body
+from kiln.http.listeners import SocketInUse, bind_unix
 
 log = logging.getLogger("kiln.control")
 
@@ -43,40 +42,14 @@ class AnotherKilnRunning(Exception):
 
 
 def open_control_socket(path: str, group: str) -> socket.socket:
-    """Bind the control socket: replace a stale one, refuse a live one, mode 0660."""
+    """Bind the control socket, mode 0660, group ``group``: a stale socket is
+    replaced, a live one refused (the one rule of :func:`kiln.http.listeners.bind_unix`)."""
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        st = None
-    if st is not None:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise AnotherKilnRunning(f"{path} exists and is not a socket; refusing to replace it")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except OSError:
-            os.unlink(path)  # stale: nobody listens
-        else:
-            raise AnotherKilnRunning(f"another kiln is running on {path}")
-        finally:
-            probe.close()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o117)
-    try:
-        sock.bind(path)
-    finally:
-        os.umask(old_umask)
-    os.chmod(path, 0o660)
-    try:
-        gid = grp.getgrnam(group).gr_gid
-        os.chown(path, -1, gid)
-    except KeyError:
-        log.warning("control group %r does not exist; %s stays owned by our group", group, path)
-    except PermissionError as e:
-        log.warning("cannot give %s to group %r: %s", path, group, e)
-    sock.listen(128)
-    return sock
+        return bind_unix(path, backlog=128, mode=0o660, group=group)
+    except SocketInUse as e:
+        if e.live:
+            raise AnotherKilnRunning(f"another kiln is running on {path}") from e
+        raise AnotherKilnRunning(str(e)) from e
 
 
 def _json(data: Any) -> bytes:
@@ -105,6 +78,9 @@ class ControlApp:
             status, body, ctype = await self._route(scope, receive)
         except CallError as e:
             status, body, ctype = e.status, error_body(e.code, e.message), b"application/json"
+        except ClientGone:
+            log.info("control request %s %s: the client went away", scope["method"], scope["path"])
+            return
         except Exception as e:
             log.exception("control request failed")
             status, body, ctype = (
@@ -125,23 +101,8 @@ class ControlApp:
         )
         await send({"type": "http.response.body", "body": body})
 
-    async def _body(self, receive: Receive, limit: int = MAX_SPEC) -> bytes:
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise BadRequest("client went away")
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if total > limit:
-                raise CallError(f"body over {limit} bytes", status=413, code="body_too_large")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
-    async def _json_body(self, receive: Receive) -> Any:
-        raw = await self._body(receive)
+    async def _json_body(self, scope: Scope, receive: Receive) -> Any:
+        raw = await read_body(scope, receive, MAX_SPEC)
         try:
             return json.loads(raw or b"{}")
         except ValueError as e:
@@ -168,7 +129,7 @@ class ControlApp:
                 if method == "GET":
                     return 200, _json(self.c.function_info(name)), j
                 if method == "PUT":
-                    raw = await self._json_body(receive)
+                    raw = await self._json_body(scope, receive)
                     if isinstance(raw, dict):
                         raw.pop("name", None)
                     try:
@@ -182,7 +143,7 @@ class ControlApp:
                     await self.c.remove(name)
                     return 200, _json({"removed": name}), j
             if len(parts) == 3 and parts[2] == "scale" and method == "POST":
-                raw = await self._json_body(receive)
+                raw = await self._json_body(scope, receive)
                 if not isinstance(raw, dict):
                     raise BadRequest("scale takes a JSON object", code="bad_spec")
                 unknown = set(raw) - {"min_warm", "max_containers"}

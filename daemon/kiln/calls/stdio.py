@@ -13,6 +13,7 @@ Docker's failures; :class:`StdioRunner` holds what every stdio call needs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import trio
@@ -22,6 +23,7 @@ from kiln.containers.logtail import StderrTail
 from kiln.containers.runtime import ContainerRuntime, docker_failures
 from kiln.containers.spec import Identity, container_config, container_name
 from kiln.docker import STDOUT, AttachStream, DockerUnreachable
+from kiln.fncontract import PLAIN_POST, HttpRequest
 from kiln.functions.spec import FunctionSpec
 from kiln.trioutil import open_nursery
 from kiln.units import format_size
@@ -68,6 +70,21 @@ class StdioOutput:
     stdout: bytes
     start: float
     run: float
+
+
+def http_env(http: HttpRequest) -> dict[str, str]:
+    """What a ``stdio`` function is told of the caller's request, as environment variables.
+
+    ``KILN_HTTP_METHOD`` (``GET``), ``KILN_HTTP_PATH`` (the path after
+    ``/invoke/NAME``, at least ``/``) and ``KILN_HTTP_QUERY`` (without the ``?``;
+    empty if none), spelled as the caller sent them. They win over a function
+    env entry of the same name.
+    """
+    return {
+        "KILN_HTTP_METHOD": http.method,
+        "KILN_HTTP_PATH": http.path,
+        "KILN_HTTP_QUERY": http.query,
+    }
 
 
 class OutputTooLarge(FunctionFailed):
@@ -120,6 +137,7 @@ async def run_stdio(
     body: bytes,
     *,
     max_output: int,
+    env: Mapping[str, str] | None = None,
 ) -> StdioOutput:
     """Run one ``stdio`` call in a fresh container; return its stdout and timings.
 
@@ -128,7 +146,9 @@ async def run_stdio(
     Raises :class:`CallError`.
     """
     name = container_name(identity, spec.name, call_id)
-    config = container_config(spec, identity, stdio=True, extra_labels={"kiln.call": call_id})
+    config = container_config(
+        spec, identity, stdio=True, env=env, extra_labels={"kiln.call": call_id}
+    )
     t0 = trio.current_time()
     async with runtime.claim(spec, name) as box:
         await runtime.create(box, config)
@@ -166,7 +186,15 @@ class StdioRunner:
         self.identity = identity
         self.max_response = max_response
 
-    async def run(self, spec: FunctionSpec, call_id: str, body: bytes) -> StdioOutput:
+    async def run(
+        self, spec: FunctionSpec, call_id: str, body: bytes, http: HttpRequest = PLAIN_POST
+    ) -> StdioOutput:
         return await run_stdio(
-            self.runtime, spec, self.identity, call_id, body, max_output=self.max_response
+            self.runtime,
+            spec,
+            self.identity,
+            call_id,
+            body,
+            max_output=self.max_response,
+            env=http_env(http),
         )

@@ -31,6 +31,7 @@ from kiln.admission.memory import EvictionCandidate, MemoryBudget
 from kiln.calls.errors import CallError, Unavailable
 from kiln.containers.runtime import ContainerRuntime
 from kiln.containers.spec import Identity, container_name
+from kiln.fncontract import HttpRequest
 from kiln.functions.spec import FunctionSpec
 from kiln.hot.call import run_call
 from kiln.hot.container import HotContainer, Launcher
@@ -294,7 +295,11 @@ class Supervisor:
         )
 
     async def invoke(
-        self, call_id: str, body: bytes, headers: Iterable[tuple[bytes, bytes]]
+        self,
+        call_id: str,
+        body: bytes,
+        headers: Iterable[tuple[bytes, bytes]],
+        http: HttpRequest | None = None,
     ) -> HotResult:
         """Run one call on a hot container. Raises CallError with the caller's status."""
         t0 = trio.current_time()
@@ -307,7 +312,7 @@ class Supervisor:
         c.calls += 1
         broken: str | None = "call cancelled"
         try:
-            outcome = await run_call(self.spec, c, call_id, body, headers)
+            outcome = await run_call(self.spec, c, call_id, body, headers, http)
             broken = outcome.broken
         finally:
             if broken is not None:
