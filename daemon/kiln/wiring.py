@@ -44,8 +44,10 @@ from kiln.calls.lifecycle import Calls
 from kiln.calls.stdio import StdioRunner
 from kiln.config import Config, LogsConfig
 from kiln.containers.janitor import Janitor
+from kiln.containers.runtime import ContainerRuntime
 from kiln.containers.spec import Identity
 from kiln.docker import DockerClient
+from kiln.functions.policy import HostPolicy
 from kiln.functions.registry import FunctionRegistry
 from kiln.functions.spec import FunctionSpec
 from kiln.functions.store import FunctionStore
@@ -104,6 +106,7 @@ class Daemon:
         limiter: DockerLimiter | None = None,
         host: HostResources | None = None,
         transport: ListenerTransport | None = None,
+        policy: HostPolicy | None = None,
         logs: Logs | None = None,
         async_store: Store | None = None,
         async_clock: WallClock | None = None,
@@ -125,9 +128,9 @@ class Daemon:
             async_fraction=limits.async_fraction,
         )
         janitor = Janitor(docker)
+        runtime = ContainerRuntime(docker, janitor=janitor)
         supervisors = Supervisors(
-            janitor=janitor,
-            docker=docker,
+            runtime=runtime,
             memory=memory,
             identity=identity,
             iofs_root=Path(config.daemon.run_dir) / "iofs" / identity.instance,
@@ -139,9 +142,7 @@ class Daemon:
         registry = FunctionRegistry(functions, supervisors)
         registry.on_retired.append(logs.forget)
         registry.on_retired.append(metrics.forget)
-        stdio = StdioRunner(
-            docker, identity, max_response=config.daemon.max_response, janitor=janitor
-        )
+        stdio = StdioRunner(runtime, identity, max_response=config.daemon.max_response)
         calls = Calls(registry=registry, stdio=stdio, memory=memory, metrics=metrics, logs=logs)
         operations = Operations(
             config=config,
@@ -155,6 +156,7 @@ class Daemon:
             capacity=capacity,
             host=host,
             on_drain=on_drain,
+            policy=policy,
         )
         metrics.attach(
             memory=memory,
