@@ -31,6 +31,10 @@ class DaemonConfig:
     control_group: str = "kiln"
     state_dir: str = "/var/lib/kiln"
     run_dir: str = "/run/kiln"
+    #: A request body must arrive within this many seconds of its head (else 408).
+    body_timeout: float = 60.0
+    #: Open invoke connections; 0: derived from RLIMIT_NOFILE.
+    max_connections: int = 0
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,10 @@ def _daemon(t: Table) -> DaemonConfig:
         control_group=t.string("control_group", d.control_group),
         state_dir=t.string("state_dir", d.state_dir),
         run_dir=t.string("run_dir", d.run_dir),
+        body_timeout=t.number(
+            "body_timeout", d.body_timeout, exclusive_minimum=0, maximum=3600
+        ),
+        max_connections=t.integer("max_connections", d.max_connections, minimum=0),
     )
     if not out.id or not all(c.isalnum() or c in "-_." for c in out.id):
         fail(t.key("id"), f"must be letters, digits, - _ . only, got {out.id!r}")

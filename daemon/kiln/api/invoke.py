@@ -136,6 +136,7 @@ class InvokeApp:
                     send,
                     call_id,
                     CallError("use POST to invoke", status=405, code="method_not_allowed"),
+                    [(b"allow", b"POST")],
                 )
                 return
             name = path[len(INVOKE_PREFIX) :]
