@@ -52,10 +52,13 @@ async def request(
         elif message["type"] == "http.response.body":
             reply.body += message.get("body", b"")
 
+    raw_path, _, query = path.partition("?")
     scope = {
         "type": "http",
         "method": method,
-        "path": path,
+        "path": raw_path,
+        "raw_path": raw_path.encode(),
+        "query_string": query.encode(),
         "headers": [(b"content-length", str(len(body)).encode()), *(headers or [])],
     }
     await app(scope, receive, send)  # type: ignore[arg-type]

@@ -152,6 +152,13 @@ async def oom(proc: Proc) -> int:
     return 137
 
 
+async def printenv(proc: Proc) -> int:
+    """Writes its environment, one ``KEY=value`` a line."""
+    await proc.read_all()
+    await proc.out("".join(f"{e}\n" for e in proc.container.config.get("Env") or []).encode())
+    return 0
+
+
 async def dies(proc: Proc) -> int:
     """Dies right after start, without reading its input."""
     return 139
@@ -164,6 +171,7 @@ DEFAULT_PROGRAMS: dict[str, Program] = {
     "slowcat": slow_cat,
     "oom": oom,
     "dies": dies,
+    "printenv": printenv,
     "hot_echo": hot_echo,
     "hot_slow": hot_slow,
     "hot_500": hot_500,

@@ -20,6 +20,7 @@ import trio
 
 from kiln import __version__
 from kiln.config import ConfigError, load
+from kiln.functions.fnyaml import is_fn_yaml, load_fn_yaml
 from kiln.functions.spec import parse_function
 from kiln.units import format_size
 
@@ -170,7 +171,16 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def read_deploy_file(path: str) -> dict[str, dict[str, Any]]:
-    """A TOML file with ``[functions.NAME]`` tables, or one function with ``name = "..."``."""
+    """A TOML file with ``[functions.NAME]`` tables, or one function with ``name = "..."``;
+    or Fn's ``func.yaml`` (a ``.yaml``/``.yml`` file)."""
+    if is_fn_yaml(path):
+        try:
+            fn = load_fn_yaml(path)  # the daemon checks again
+        except ConfigError as e:
+            raise CliError(str(e)) from e
+        for note in fn.notes():
+            print(f"kiln: {path}: {note}", file=sys.stderr)
+        return {fn.name: fn.table}
     try:
         with open(path, "rb") as f:
             raw = tomllib.load(f)
@@ -287,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = client("show", "one function and its containers")
     p.add_argument("name")
     p.set_defaults(func=cmd_show)
-    p = client("deploy", "deploy or update functions from a TOML file")
+    p = client("deploy", "deploy or update functions from a TOML file or Fn's func.yaml")
     p.add_argument("file")
     p.set_defaults(func=cmd_deploy)
     p = client("rm", "remove a function")

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kiln.functions.fnyaml import expand_from
 from kiln.functions.spec import FunctionSpec, parse_function
 from kiln.functions.validate import ConfigError, Table, fail
 from kiln.units import MiB
@@ -132,15 +133,20 @@ def _limits(t: Table) -> LimitsConfig:
     return out
 
 
-def parse(raw: Mapping[str, object], source: str = "<config>") -> Config:
-    """Validate a parsed TOML document."""
+def parse(
+    raw: Mapping[str, object], source: str = "<config>", base_dir: Path | None = None
+) -> Config:
+    """Validate a parsed TOML document. ``from`` paths are relative to ``base_dir`` (else cwd)."""
+    base = base_dir if base_dir is not None else Path(".")
     top = Table(raw, "")
     daemon = _daemon(top.table("daemon"))
     docker = _docker(top.table("docker"))
     limits = _limits(top.table("limits"))
     fns_table = top.table("functions")
     functions = {
-        name: parse_function(name, body, fns_table.key(name))
+        name: parse_function(
+            name, expand_from(body, fns_table.key(name), base), fns_table.key(name)
+        )
         for name, body in fns_table.raw.items()
     }
     top.done()
@@ -158,4 +164,4 @@ def load(path: str | Path) -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("", f"{p}: not valid TOML: {e}") from e
-    return parse(raw, source=str(p))
+    return parse(raw, source=str(p), base_dir=p.parent)

@@ -261,6 +261,21 @@ def test_plain_bytes_answer_is_200_with_fn_http_status() -> None:
     assert (status, headers, body) == (200, [("Fn-Http-Status", "200")], b"out:in")
 
 
+def test_handler_sees_the_callers_headers_under_their_own_names() -> None:
+    seen: list[dict[str, str]] = []
+    headers = {
+        "fn-intent": "httprequest",
+        "fn-http-method": "GET",
+        "fn-http-h-x-echo": "from-caller",
+        "x-echo": "plain",
+        "content-type": "text/plain",
+    }
+    fdk._call(lambda b, h: seen.append(h) or b"", request(headers=headers))  # type: ignore[func-returns-value]
+    assert seen[0]["x-echo"] == "from-caller"
+    assert seen[0]["fn-http-method"] == "GET"
+    assert seen[0]["content-type"] == "text/plain"
+
+
 def test_tuple_answer_maps_status_and_headers() -> None:
     def handle(body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], str]:
         return 404, {"X-Thing": "a", "Content-Type": "text/plain"}, "nope"

@@ -306,7 +306,7 @@ async def test_a_caller_leaving_mid_upload_is_499_and_an_info_line(
 async def test_invoke_405_says_allow() -> None:
     async with stack(FNS) as s, serving(s.app) as listener:
         (r,) = await send_and_read(
-            listener, b"PATCH /invoke/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            listener, b"TRACE /invoke/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         )
     assert r.status == 405
     assert b"POST" in r.headers[b"allow"]

@@ -1,6 +1,8 @@
 """The invoke API: a plain ASGI app, served by :mod:`kiln.http`.
 
-``POST /invoke/{name}`` runs a call; ``GET /healthz`` says the daemon is up.
+``/invoke/{name}`` and ``/invoke/{name}/{sub/path}`` run a call, with any of
+:data:`~kiln.fncontract.INVOKE_METHODS` (the function sees the method, sub-path
+and query string); ``GET /healthz`` says the daemon is up.
 Every response carries ``Kiln-Call-Id``; every error body is
 ``{"error": {"code": ..., "message": ...}}``. A call runs through
 :meth:`kiln.calls.lifecycle.Calls.call`; this module only translates HTTP to it
@@ -18,16 +20,27 @@ from functools import partial
 
 from kiln.calls.errors import CallError
 from kiln.calls.lifecycle import CallerGone, Calls
+from kiln.fncontract import INVOKE_METHODS, HttpRequest, split_invoke_target
 from kiln.http.asgi import ClientGone, Receive, Scope, Send, error_body, lifespan, read_body
 from kiln.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("kiln.api")
 
 INVOKE_PREFIX = "/invoke/"
+INVOKE_PREFIX_RAW = INVOKE_PREFIX.encode()
 
 
 def new_call_id() -> str:
     return secrets.token_hex(8)
+
+
+def invoke_target(scope: Scope) -> tuple[str, HttpRequest]:
+    """``/invoke/NAME[/sub/path][?query]`` → the function's name and the request it sees."""
+    raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+    if not raw.startswith(INVOKE_PREFIX_RAW):  # the prefix itself was percent-encoded
+        raw = scope["path"].encode("utf-8")
+    name, url = split_invoke_target(raw[len(INVOKE_PREFIX_RAW) :], scope.get("query_string", b""))
+    return name, HttpRequest(scope["method"], url)
 
 
 async def wait_for_disconnect(receive: Receive) -> None:
@@ -47,7 +60,14 @@ async def read_call_body(scope: Scope, receive: Receive, max_body: int) -> bytes
 
 
 async def run_call(
-    calls: Calls, scope: Scope, receive: Receive, send: Send, call_id: str, name: str, max_body: int
+    calls: Calls,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    call_id: str,
+    name: str,
+    max_body: int,
+    http: HttpRequest | None = None,
 ) -> None:
     """Run a call for an HTTP caller and answer it: the one translation from
     :class:`CallResult` to HTTP (both APIs' invoke routes use it)."""
@@ -57,6 +77,7 @@ async def run_call(
         call_id=call_id,
         headers=scope["headers"],
         caller_gone=partial(wait_for_disconnect, receive),
+        http=http,
     )
     if result.caller_gone:
         return  # nobody to answer; the call's log line says 499
@@ -108,6 +129,16 @@ async def respond(
     await send({"type": "http.response.body", "body": body})
 
 
+async def not_allowed(send: Send, call_id: str, *allow: str) -> None:
+    """405, with ``Allow`` listing the methods the route takes."""
+    await send_error(
+        send,
+        call_id,
+        CallError(f"use {', '.join(allow)}", status=405, code="method_not_allowed"),
+        [(b"allow", ", ".join(allow).encode())],
+    )
+
+
 class InvokeApp:
     def __init__(self, calls: Calls, *, max_body: int, metrics: Metrics | None = None) -> None:
         self.calls = calls
@@ -130,17 +161,14 @@ class InvokeApp:
             )
         elif path == "/healthz":
             await respond(send, 200, call_id, b'{"status":"ok"}\n', json_ct=True)
+        elif path == "/metrics" and self.metrics is not None:
+            await not_allowed(send, call_id, "GET")
         elif path.startswith(INVOKE_PREFIX):
-            if method != "POST":
-                await send_error(
-                    send,
-                    call_id,
-                    CallError("use POST to invoke", status=405, code="method_not_allowed"),
-                    [(b"allow", b"POST")],
-                )
+            if method not in INVOKE_METHODS:
+                await not_allowed(send, call_id, *INVOKE_METHODS)
                 return
-            name = path[len(INVOKE_PREFIX) :]
-            await run_call(self.calls, scope, receive, send, call_id, name, self.max_body)
+            name, http = invoke_target(scope)
+            await run_call(self.calls, scope, receive, send, call_id, name, self.max_body, http)
         else:
             await send_error(
                 send, call_id, CallError(f"no route {path}", status=404, code="not_found")

@@ -26,6 +26,7 @@ import trio
 from kiln.admission.memory import MemoryBudget
 from kiln.calls.errors import CallError, Unavailable
 from kiln.calls.stdio import StdioRunner
+from kiln.fncontract import PLAIN_POST, HttpRequest
 from kiln.functions.registry import Function, FunctionRegistry
 from kiln.trioutil import open_nursery
 
@@ -82,6 +83,14 @@ class CallResult:
         return self.status == CALLER_GONE
 
 
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What a call carries besides its body: the caller's headers and HTTP request."""
+
+    headers: Headers
+    http: HttpRequest
+
+
 class Calls:
     """Runs calls. Owns no tasks: each call runs in its caller's task."""
 
@@ -118,9 +127,13 @@ class Calls:
         call_id: str,
         headers: Iterable[tuple[bytes, bytes]] = (),
         caller_gone: Callable[[], Awaitable[None]] | None = None,
+        http: HttpRequest | None = None,
     ) -> CallResult:
         """Run one call of function ``name``. Never raises for the call's own
         failures: they come back as a result with ``error`` set.
+
+        ``http`` is the caller's method and URL as the function sees them
+        (None: a plain ``POST /``, for a call with no HTTP request behind it).
 
         ``caller_gone``, if given, returns when the caller has left; the call is
         then cancelled and the result's status is :data:`CALLER_GONE`. Without
@@ -140,7 +153,8 @@ class Calls:
                 )
             if fn.rate is not None:
                 fn.rate.check()
-            result = await self._run_watched(fn, body, call_id, list(headers), caller_gone, timings)
+            request = Request(list(headers), http or PLAIN_POST)
+            result = await self._run_watched(fn, body, call_id, request, caller_gone, timings)
         except CallerGone:
             result = CallResult(CALLER_GONE, timings=timings)
         except CallError as e:
@@ -160,7 +174,7 @@ class Calls:
         fn: Function,
         body: bytes,
         call_id: str,
-        headers: Headers,
+        request: Request,
         caller_gone: Callable[[], Awaitable[None]] | None,
         timings: Timings,
     ) -> CallResult:
@@ -169,7 +183,7 @@ class Calls:
             self._idle = trio.Event()
         try:
             if caller_gone is None:
-                return await self._run(fn, body, call_id, headers, timings)
+                return await self._run(fn, body, call_id, request, timings)
             result: CallResult | None = None
             async with open_nursery() as nursery:
 
@@ -179,7 +193,7 @@ class Calls:
 
                 nursery.start_soon(watch)
                 try:
-                    result = await self._run(fn, body, call_id, headers, timings)
+                    result = await self._run(fn, body, call_id, request, timings)
                 finally:
                     nursery.cancel_scope.cancel()
             return result if result is not None else CallResult(CALLER_GONE, timings=timings)
@@ -189,7 +203,7 @@ class Calls:
                 self._idle.set()
 
     async def _run(
-        self, fn: Function, body: bytes, call_id: str, headers: Headers, timings: Timings
+        self, fn: Function, body: bytes, call_id: str, request: Request, timings: Timings
     ) -> CallResult:
         """Run the call; ``timings`` holds what is known so far if it raises."""
         spec = fn.spec
@@ -199,7 +213,7 @@ class Calls:
                 raise Unavailable(
                     f"function {spec.name!r} has no supervisor running", retry_after=1
                 )
-            hot = await supervisor.invoke(call_id, body, headers)
+            hot = await supervisor.invoke(call_id, body, request.headers, request.http)
             done = Timings(hot.queue, hot.start, hot.run, hot.cold)
             return CallResult(hot.status, hot.body, hot.headers, done)
         t0 = trio.current_time()
@@ -208,7 +222,7 @@ class Calls:
             timings.queue = admitted - t0
             timings.cold = True
             try:
-                out = await self.stdio.run(spec, call_id, body)
+                out = await self.stdio.run(spec, call_id, body, request.http)
             finally:
                 timings.run = trio.current_time() - admitted
         done = Timings(timings.queue, out.start, out.run, cold=True)

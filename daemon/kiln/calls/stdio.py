@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import trio
@@ -27,6 +28,7 @@ from kiln.docker import (
     DockerError,
     DockerUnreachable,
 )
+from kiln.fncontract import PLAIN_POST, HttpRequest
 from kiln.functions.spec import FunctionSpec
 from kiln.trioutil import open_nursery
 from kiln.units import format_size
@@ -103,6 +105,21 @@ class StdioOutput:
     run: float
 
 
+def http_env(http: HttpRequest) -> dict[str, str]:
+    """What a ``stdio`` function is told of the caller's request, as environment variables.
+
+    ``KILN_HTTP_METHOD`` (``GET``), ``KILN_HTTP_PATH`` (the path after
+    ``/invoke/NAME``, at least ``/``) and ``KILN_HTTP_QUERY`` (without the ``?``;
+    empty if none), spelled as the caller sent them. They win over a function
+    env entry of the same name.
+    """
+    return {
+        "KILN_HTTP_METHOD": http.method,
+        "KILN_HTTP_PATH": http.path,
+        "KILN_HTTP_QUERY": http.query,
+    }
+
+
 class OutputTooLarge(FunctionFailed):
     code = "output_too_large"
 
@@ -154,6 +171,7 @@ async def run_stdio(
     *,
     max_output: int,
     janitor: Janitor | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> StdioOutput:
     """Run one ``stdio`` call in a fresh container; return its stdout and timings.
 
@@ -162,7 +180,9 @@ async def run_stdio(
     Raises :class:`CallError` for function failures and DockerError for Docker's.
     """
     name = container_name(identity, spec.name, call_id)
-    config = container_config(spec, identity, stdio=True, extra_labels={"kiln.call": call_id})
+    config = container_config(
+        spec, identity, stdio=True, env=env, extra_labels={"kiln.call": call_id}
+    )
     # Until create returns, the container may or may not exist (a create that timed
     # out or whose caller was cancelled may still have made it): its name is
     # deterministic, so cleanup removes it by name.
@@ -240,7 +260,9 @@ class StdioRunner:
         self.max_response = max_response
         self.janitor = janitor
 
-    async def run(self, spec: FunctionSpec, call_id: str, body: bytes) -> StdioOutput:
+    async def run(
+        self, spec: FunctionSpec, call_id: str, body: bytes, http: HttpRequest = PLAIN_POST
+    ) -> StdioOutput:
         try:
             return await run_stdio(
                 self.docker,
@@ -250,6 +272,7 @@ class StdioRunner:
                 body,
                 max_output=self.max_response,
                 janitor=self.janitor,
+                env=http_env(http),
             )
         except DockerError as e:
             raise docker_call_error(e, spec) from e

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import trio
 
 from kiln.calls.errors import CallError, CallTimeout, FunctionFailed
-from kiln.fncontract import Verdict, call_request_headers, interpret_response
+from kiln.fncontract import HttpRequest, Verdict, call_request_headers, interpret_response
 from kiln.functions.spec import FunctionSpec
 from kiln.hot.container import HotContainer
 from kiln.hot.httpstream import FnProtocolError
@@ -43,12 +43,13 @@ async def run_call(
     call_id: str,
     body: bytes,
     headers: Iterable[tuple[bytes, bytes]],
+    http: HttpRequest | None = None,
 ) -> Outcome:
     """Run one call on ``c``, bounded by the function's timeout."""
     conn = c.conn
     assert conn is not None
     deadline_unix = time.time() + spec.timeout
-    request_headers = call_request_headers(call_id, deadline_unix, headers)
+    request_headers = call_request_headers(call_id, deadline_unix, headers, http)
     try:
         with trio.move_on_after(spec.timeout) as scope:
             response = await conn.call(request_headers, body)

@@ -33,6 +33,7 @@ from kiln.calls.errors import CallError, Unavailable
 from kiln.containers.janitor import Janitor
 from kiln.containers.spec import Identity, container_name
 from kiln.docker import DockerClient
+from kiln.fncontract import HttpRequest
 from kiln.functions.spec import FunctionSpec
 from kiln.hot.call import run_call
 from kiln.hot.container import HotContainer, Launcher
@@ -295,7 +296,11 @@ class Supervisor:
         )
 
     async def invoke(
-        self, call_id: str, body: bytes, headers: Iterable[tuple[bytes, bytes]]
+        self,
+        call_id: str,
+        body: bytes,
+        headers: Iterable[tuple[bytes, bytes]],
+        http: HttpRequest | None = None,
     ) -> HotResult:
         """Run one call on a hot container. Raises CallError with the caller's status."""
         t0 = trio.current_time()
@@ -308,7 +313,7 @@ class Supervisor:
         c.calls += 1
         broken: str | None = "call cancelled"
         try:
-            outcome = await run_call(self.spec, c, call_id, body, headers)
+            outcome = await run_call(self.spec, c, call_id, body, headers, http)
             broken = outcome.broken
         finally:
             if broken is not None:
