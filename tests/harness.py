@@ -16,8 +16,8 @@ from pathlib import Path
 import trio
 
 from kiln.admission.memory import MemoryBudget
+from kiln.api.access import ASGIApp
 from kiln.api.control import ControlApp
-from kiln.api.invoke import InvokeApp
 from kiln.api.operations import Operations
 from kiln.calls.lifecycle import Calls
 from kiln.config import Config, DaemonConfig, LimitsConfig, parse
@@ -80,7 +80,7 @@ class Stack:
         return self.daemon.metrics
 
     @property
-    def app(self) -> InvokeApp:
+    def app(self) -> ASGIApp:
         return self.daemon.invoke_app
 
     @property

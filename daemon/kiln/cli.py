@@ -251,6 +251,81 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Like ``docker logs`` / ``journalctl -u``: text lines, NDJSON with --json; -f follows."""
+    import httpx
+
+    params: dict[str, str] = {}
+    if args.call:
+        params["call"] = args.call
+    if args.since:
+        params["since"] = args.since
+    if args.tail is not None:
+        params["tail"] = str(args.tail)
+    if args.follow:
+        params["follow"] = "1"
+    accept = "application/x-ndjson" if args.json else "text/plain"
+    sock = socket_path(args)
+    try:
+        with (
+            httpx.Client(
+                transport=httpx.HTTPTransport(uds=sock), base_url="http://kiln", timeout=None
+            ) as client,
+            client.stream(
+                "GET", f"/functions/{args.name}/logs", params=params, headers={"Accept": accept}
+            ) as response,
+        ):
+            if response.status_code >= 400:
+                response.read()
+                try:
+                    err = response.json()["error"]
+                    raise CliError(f"{err['message']} ({err['code']}, HTTP {response.status_code})")
+                except (ValueError, KeyError, TypeError):
+                    raise CliError(f"HTTP {response.status_code}: {response.text[:300]}") from None
+            out = sys.stdout.buffer
+            for chunk in response.iter_raw():
+                out.write(chunk)
+                out.flush()
+    except (httpx.ConnectError, FileNotFoundError, PermissionError) as e:
+        raise CliError(f"cannot reach kiln at {sock}: is the service running? ({e})") from e
+    except httpx.HTTPError as e:
+        if args.follow:
+            return 0  # the daemon stopped: following ends
+        raise CliError(f"talking to kiln at {sock}: {e}") from e
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    body = {"name": args.name, "functions": args.function or None}
+    data = request(args, "POST", "/tokens", json_body=body).json()
+    scope = ", ".join(data["functions"]) if data["functions"] else "all functions"
+    emit(
+        args,
+        data,
+        f"{data['token']}\n(token {data['name']} [{data['id']}] for {scope}: shown only now, "
+        "keep it; callers send it as 'Authorization: Bearer <token>')",
+    )
+    return 0
+
+
+def cmd_token_ls(args: argparse.Namespace) -> int:
+    rows = request(args, "GET", "/tokens").json()
+    for r in rows:
+        r["scope"] = ", ".join(r["functions"]) if r["functions"] else "all functions"
+    emit(args, rows, table(rows, ["id", "name", "scope", "created"]))
+    return 0
+
+
+def cmd_token_rm(args: argparse.Namespace) -> int:
+    data = request(args, "DELETE", f"/tokens/{args.token}").json()
+    emit(args, data, f"revoked {data['revoked']['name']} [{data['revoked']['id']}]")
+    return 0
+
+
 def cmd_drain(args: argparse.Namespace) -> int:
     emit(
         args,
@@ -311,6 +386,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = client("invoke", "invoke a function (body from stdin, answer to stdout)")
     p.add_argument("name")
     p.set_defaults(func=cmd_invoke)
+    p = client("logs", "a function's log lines (like docker logs)")
+    p.add_argument("name")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p.add_argument("--call", help="only the lines of this call id")
+    p.add_argument("--since", help="only lines since: 90s, 10m, 2h, 1d ago, or an RFC 3339 time")
+    p.add_argument("-n", "--tail", type=int, help="only the last N lines")
+    p.set_defaults(func=cmd_logs)
+    p = sub.add_parser("token", help='invoke API tokens (auth = "token")')
+    tsub = p.add_subparsers(dest="token_command", required=True)
+
+    def token_cmd(name: str, help: str) -> argparse.ArgumentParser:
+        tp = tsub.add_parser(name, help=help)
+        tp.add_argument(
+            "--socket", "-s", help=f"control socket (default $KILN_SOCKET or {DEFAULT_SOCKET})"
+        )
+        tp.add_argument("--json", action="store_true", help="JSON output for scripts")
+        return tp
+
+    tp = token_cmd("create", "make a token (shown once)")
+    tp.add_argument("--name", help="a name for it (default token-N)")
+    tp.add_argument(
+        "--function", "-F", action="append", help="limit it to this function (repeatable)"
+    )
+    tp.set_defaults(func=cmd_token_create)
+    tp = token_cmd("ls", "list tokens (never their secrets)")
+    tp.set_defaults(func=cmd_token_ls)
+    tp = token_cmd("rm", "revoke a token by id or name")
+    tp.add_argument("token")
+    tp.set_defaults(func=cmd_token_rm)
     client("drain", "finish calls in flight, then stop the daemon").set_defaults(func=cmd_drain)
     client("reload", "re-read the config file").set_defaults(func=cmd_reload)
     return parser

@@ -7,6 +7,7 @@ Unknown keys are errors: a typo must never be silently ignored.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,7 +18,20 @@ from kiln.functions.spec import FunctionSpec, parse_function
 from kiln.functions.validate import ConfigError, Table, fail
 from kiln.units import MiB
 
-__all__ = ["Config", "ConfigError", "DaemonConfig", "DockerConfig", "LimitsConfig", "load", "parse"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DaemonConfig",
+    "DockerConfig",
+    "LimitsConfig",
+    "LogsConfig",
+    "MetricsConfig",
+    "load",
+    "parse",
+]
+
+AUTH_MODES = ("none", "token")
+FORWARD_MODES = ("auto", "journal", "stderr", "off")
 
 
 @dataclass(frozen=True)
@@ -36,6 +50,8 @@ class DaemonConfig:
     body_timeout: float = 60.0
     #: Open invoke connections; 0: derived from RLIMIT_NOFILE.
     max_connections: int = 0
+    auth: str = "none"  # "none" | "token": bearer tokens for the invoke API
+    allow_unauthenticated: bool = False  # listen beyond loopback without auth
 
 
 @dataclass(frozen=True)
@@ -56,10 +72,34 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class LogsConfig:
+    """Function logs: the in-memory ring per function, its flood limit, the file mirror."""
+
+    lines_per_function: int = 10_000
+    bytes_per_function: int = 8 * MiB
+    max_line: int = 16 * 1024
+    rate: float = 1000.0  # lines per second per function
+    burst: int = 2000
+    mirror: bool = False
+    dir: str = ""  # default: state_dir/logs
+    file_size: int = 10 * MiB
+    file_count: int = 5
+    forward: str = "auto"  # function lines in the daemon's log: auto | journal | stderr | off
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    per_function: bool = True  # a `function` label on the call-phase histograms
+    require_token: bool = False  # GET /metrics needs a bearer token (auth = "token")
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     docker: DockerConfig = field(default_factory=DockerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    logs: LogsConfig = field(default_factory=LogsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     functions: Mapping[str, FunctionSpec] = field(default_factory=dict)
     source: str = "<defaults>"
 
@@ -96,9 +136,60 @@ def _daemon(t: Table) -> DaemonConfig:
             "body_timeout", d.body_timeout, exclusive_minimum=0, maximum=3600
         ),
         max_connections=t.integer("max_connections", d.max_connections, minimum=0),
+        auth=t.string("auth", d.auth, choices=AUTH_MODES),
+        allow_unauthenticated=t.boolean("allow_unauthenticated", d.allow_unauthenticated),
     )
+    if out.auth == "none" and not out.allow_unauthenticated and not is_local_listen(out.listen):
+        fail(
+            t.key("listen"),
+            f"{out.listen} is reachable beyond this host and the invoke API has no "
+            'authentication: set [daemon] auth = "token" (and create tokens with '
+            "`kiln token create`), listen on 127.0.0.1, or set "
+            "[daemon] allow_unauthenticated = true to accept anyone who can reach it",
+        )
     if not out.id or not all(c.isalnum() or c in "-_." for c in out.id):
         fail(t.key("id"), f"must be letters, digits, - _ . only, got {out.id!r}")
+    t.done()
+    return out
+
+
+def is_local_listen(listen: str) -> bool:
+    """A Unix socket or a loopback address (``localhost``, 127.0.0.0/8, ``[::1]``)."""
+    if listen.startswith("unix:"):
+        return True
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def _logs(t: Table) -> LogsConfig:
+    d = LogsConfig()
+    out = LogsConfig(
+        lines_per_function=t.integer("lines_per_function", d.lines_per_function, minimum=1),
+        bytes_per_function=t.size("bytes_per_function", d.bytes_per_function, minimum=1024),
+        max_line=t.size("max_line", d.max_line, minimum=80),
+        rate=t.number("rate", d.rate, exclusive_minimum=0),
+        burst=t.integer("burst", d.burst, minimum=1),
+        mirror=t.boolean("mirror", d.mirror),
+        dir=t.string("dir", d.dir),
+        file_size=t.size("file_size", d.file_size, minimum=4096),
+        file_count=t.integer("file_count", d.file_count, minimum=1),
+        forward=t.string("forward", d.forward, choices=FORWARD_MODES),
+    )
+    t.done()
+    return out
+
+
+def _metrics(t: Table) -> MetricsConfig:
+    d = MetricsConfig()
+    out = MetricsConfig(
+        per_function=t.boolean("per_function", d.per_function),
+        require_token=t.boolean("require_token", d.require_token),
+    )
     t.done()
     return out
 
@@ -142,6 +233,10 @@ def parse(
     daemon = _daemon(top.table("daemon"))
     docker = _docker(top.table("docker"))
     limits = _limits(top.table("limits"))
+    logs = _logs(top.table("logs"))
+    metrics = _metrics(top.table("metrics"))
+    if metrics.require_token and daemon.auth != "token":
+        fail("metrics.require_token", 'needs [daemon] auth = "token"')
     fns_table = top.table("functions")
     functions = {
         name: parse_function(
@@ -150,7 +245,15 @@ def parse(
         for name, body in fns_table.raw.items()
     }
     top.done()
-    return Config(daemon=daemon, docker=docker, limits=limits, functions=functions, source=source)
+    return Config(
+        daemon=daemon,
+        docker=docker,
+        limits=limits,
+        logs=logs,
+        metrics=metrics,
+        functions=functions,
+        source=source,
+    )
 
 
 def load(path: str | Path) -> Config:

@@ -42,10 +42,12 @@ from kiln.docker import DockerClient, DockerError, DockerTimeout, DockerUnreacha
 from kiln.functions.spec import FunctionSpec, never_fits
 from kiln.functions.store import FunctionStore
 from kiln.http import Limits, open_listeners, serve_asgi
+from kiln.logs.journal import open_forwarder
+from kiln.logs.service import Logs
 from kiln.metrics import Metrics
 from kiln.systemd import Notifier
 from kiln.units import format_size
-from kiln.wiring import Daemon
+from kiln.wiring import Daemon, log_settings
 
 log = logging.getLogger("kiln.daemon")
 
@@ -140,7 +142,12 @@ async def run_daemon(
         create_burst=config.docker.create_burst,
         max_inflight=config.docker.max_inflight,
     )
-    metrics = Metrics()
+    metrics = Metrics(per_function=config.metrics.per_function)
+    try:
+        forwarder = open_forwarder(config.logs.forward)
+    except OSError as e:
+        raise FatalStartupError(f"[logs] forward = {config.logs.forward!r}: {e}") from e
+    logs = Logs(log_settings(config.logs, config.daemon.state_dir), forwarder=forwarder)
     drain_requested = trio.Event()
     stop_now = trio.CancelScope()
     notifier = Notifier()
@@ -170,7 +177,13 @@ async def run_daemon(
                 metrics=metrics,
                 limiter=limiter,
                 host=host,
+                logs=logs,
             )
+            if daemon.tokens is not None and not len(daemon.tokens):
+                log.warning(
+                    'auth = "token" and no token exists yet: every call gets 401 until one '
+                    "is made with `kiln token create`"
+                )
             controller = daemon.operations
             calls = daemon.calls
             try:
@@ -267,6 +280,7 @@ async def run_daemon(
         with contextlib.suppress(OSError):
             os.unlink(config.daemon.control_socket)
         notifier.close()
+        logs.close()
     log.info("kiln stopped")
 
 

@@ -12,7 +12,10 @@ harness builds the same daemon on the fake Docker engine.
     Calls ───────────── one call's lifecycle; uses the registry, StdioRunner, MemoryBudget
     Supervisors ─────── one hot supervisor per http-stream function (memory's evictor)
     Operations ──────── deploy / remove / scale / reload / drain, /status
-    InvokeApp, ControlApp ── HTTP in front of Calls and Operations
+    Logs ────────────── what functions write: rings, mirror, journald, followers
+    Tokens ──────────── bearer tokens of the invoke API (auth = "token")
+    InvokeApp, ControlApp ── HTTP in front of Calls and Operations (the invoke
+                             app behind AccessGate: tokens and CORS)
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ import trio
 from kiln.admission.hostmem import HostResources
 from kiln.admission.memory import MemoryBudget
 from kiln.admission.ratelimit import DockerLimiter
+from kiln.api.access import AccessGate, ASGIApp
+from kiln.api.auth import Tokens, tokens_path
 from kiln.api.control import ControlApp
 from kiln.api.invoke import InvokeApp
 from kiln.api.operations import Operations
 from kiln.calls.lifecycle import Calls
 from kiln.calls.stdio import StdioRunner
-from kiln.config import Config
+from kiln.config import Config, LogsConfig
 from kiln.containers.janitor import Janitor
 from kiln.containers.spec import Identity
 from kiln.docker import DockerClient
@@ -40,7 +45,21 @@ from kiln.functions.spec import FunctionSpec
 from kiln.functions.store import FunctionStore
 from kiln.hot.supervisors import Supervisors
 from kiln.hot.transport import ListenerTransport
+from kiln.logs.service import Logs, LogSettings
 from kiln.metrics import Metrics
+
+
+def log_settings(logs: LogsConfig, state_dir: str) -> LogSettings:
+    return LogSettings(
+        lines_per_function=logs.lines_per_function,
+        bytes_per_function=logs.bytes_per_function,
+        max_line=logs.max_line,
+        rate=logs.rate,
+        burst=logs.burst,
+        mirror_dir=(logs.dir or str(Path(state_dir) / "logs")) if logs.mirror else None,
+        file_size=logs.file_size,
+        file_count=logs.file_count,
+    )
 
 
 @dataclass
@@ -57,7 +76,9 @@ class Daemon:
     calls: Calls
     operations: Operations
     metrics: Metrics
-    invoke_app: InvokeApp
+    logs: Logs
+    tokens: Tokens | None
+    invoke_app: ASGIApp
     control_app: ControlApp
 
     @classmethod
@@ -75,11 +96,16 @@ class Daemon:
         limiter: DockerLimiter | None = None,
         host: HostResources | None = None,
         transport: ListenerTransport | None = None,
+        logs: Logs | None = None,
     ) -> Daemon:
         """Wire the parts; nothing runs until :meth:`run`. ``functions`` is the
         table to start with (the config's merged with the deployed ones);
         ``transport`` replaces the Unix-socket connection to hot containers."""
-        metrics = metrics or Metrics()
+        metrics = metrics or Metrics(per_function=config.metrics.per_function)
+        logs = logs or Logs(log_settings(config.logs, config.daemon.state_dir))
+        tokens = (
+            Tokens(tokens_path(config.daemon.state_dir)) if config.daemon.auth == "token" else None
+        )
         limits = config.limits
         memory = MemoryBudget(
             capacity,
@@ -100,10 +126,12 @@ class Daemon:
         )
         memory.evictor = supervisors
         registry = FunctionRegistry(functions, supervisors)
+        registry.on_retired.append(logs.forget)
+        registry.on_retired.append(metrics.forget)
         stdio = StdioRunner(
             docker, identity, max_response=config.daemon.max_response, janitor=janitor
         )
-        calls = Calls(registry=registry, stdio=stdio, memory=memory, metrics=metrics)
+        calls = Calls(registry=registry, stdio=stdio, memory=memory, metrics=metrics, logs=logs)
         operations = Operations(
             config=config,
             registry=registry,
@@ -137,9 +165,19 @@ class Daemon:
             calls=calls,
             operations=operations,
             metrics=metrics,
-            invoke_app=InvokeApp(calls, max_body=config.daemon.max_body, metrics=metrics),
-            control_app=ControlApp(operations),
+            logs=logs,
+            tokens=tokens,
+            invoke_app=AccessGate(
+                InvokeApp(calls, max_body=config.daemon.max_body, metrics=metrics),
+                tokens=tokens,
+                metrics_need_token=config.metrics.require_token,
+                origins=lambda name: cors_origins(registry, name),
+            ),
+            control_app=ControlApp(operations, logs=logs, tokens=tokens),
         )
+
+    def close(self) -> None:
+        self.logs.close()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the janitor and the supervisors (which prewarm ``min_warm``
@@ -148,3 +186,7 @@ class Daemon:
             await nursery.start(self.janitor.run)
             await nursery.start(self.supervisors.run, self.registry.specs())
             task_status.started()
+
+
+def cors_origins(registry: FunctionRegistry, name: str) -> tuple[str, ...]:
+    return registry.spec(name).cors_origins if name in registry else ()

@@ -59,6 +59,20 @@ async def read_call_body(scope: Scope, receive: Receive, max_body: int) -> bytes
         raise CallerGone from None
 
 
+def client_of(scope: Scope) -> str:
+    """Who called, for the call's log line: the peer address, and the
+    ``X-Forwarded-For`` a proxy in front added (``203.0.113.9,127.0.0.1``)."""
+    peer = scope.get("client")
+    text = str(peer[0]) if peer else "local"
+    for key, value in scope.get("headers", ()):
+        if key == b"x-forwarded-for":
+            forwarded = "".join(
+                c for c in value.decode("latin-1")[:200] if c.isalnum() or c in ".:,[]"
+            )
+            return f"{forwarded},{text}" if forwarded else text
+    return text
+
+
 async def run_call(
     calls: Calls,
     scope: Scope,
@@ -78,6 +92,7 @@ async def run_call(
         headers=scope["headers"],
         caller_gone=partial(wait_for_disconnect, receive),
         http=http,
+        client=client_of(scope),
     )
     if result.caller_gone:
         return  # nobody to answer; the call's log line says 499

@@ -18,6 +18,9 @@ Format = Literal["stdio", "http-stream"]
 FORMATS: tuple[Format, ...] = ("stdio", "http-stream")
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+ORIGIN_RE = re.compile(
+    r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$"
+)
 
 #: Docker refuses memory limits below 6 MiB.
 MIN_MEMORY = 6 * MiB
@@ -42,6 +45,7 @@ class FunctionSpec:
     rate: float | None = None
     network: str = "none"
     pids_limit: int = 128
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call it ("*": any)
 
     def to_json(self) -> dict[str, Any]:
         """The spec as a JSON/TOML-shaped table that :func:`parse_function` reads back."""
@@ -64,6 +68,8 @@ class FunctionSpec:
             out["cpus"] = self.cpus
         if self.rate is not None:
             out["rate"] = self.rate
+        if self.cors_origins:
+            out["cors_origins"] = list(self.cors_origins)
         return out
 
 
@@ -121,6 +127,7 @@ def parse_function(name: str, raw: object, path: str) -> FunctionSpec:
     rate = t.rate("rate")
     network = t.string("network", d.network)
     pids_limit = t.integer("pids_limit", d.pids_limit, minimum=1)
+    cors_origins = _origins(t, "cors_origins")
     t.done()
     return FunctionSpec(
         name=name,
@@ -138,4 +145,21 @@ def parse_function(name: str, raw: object, path: str) -> FunctionSpec:
         rate=rate,
         network=network,
         pids_limit=pids_limit,
+        cors_origins=cors_origins,
     )
+
+
+def _origins(t: Table, key: str) -> tuple[str, ...]:
+    """Browser origins: ``"*"`` or ``scheme://host[:port]`` (no path, no trailing slash)."""
+    if t.raw.get(key) == []:
+        t._get(key)  # an empty list: no origins (marks the key as read)
+        return ()
+    value = t.string_list(key) or ()
+    for origin in value:
+        if origin != "*" and not ORIGIN_RE.match(origin):
+            fail(
+                t.key(key),
+                f'{origin!r} is not an origin: give "*" or scheme://host[:port] '
+                '(like "https://app.example"), no path',
+            )
+    return value
