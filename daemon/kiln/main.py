@@ -39,7 +39,8 @@ from kiln.config import Config
 from kiln.containers.spec import Identity
 from kiln.containers.sweep import sweep_orphans
 from kiln.docker import DockerClient, DockerError, DockerTimeout, DockerUnreachable
-from kiln.functions.spec import FunctionSpec, never_fits
+from kiln.functions.policy import HostPolicy, host_cpus
+from kiln.functions.spec import FunctionSpec
 from kiln.functions.store import FunctionStore
 from kiln.http import Limits, open_listeners, serve_asgi
 from kiln.logs.journal import open_forwarder
@@ -78,12 +79,18 @@ class FatalStartupError(Exception):
     """The daemon cannot run (e.g. a Docker engine too old)."""
 
 
-def check_functions_fit(functions: Iterable[FunctionSpec], capacity: int) -> None:
-    """A function whose memory can never fit is refused at load time, not at call time."""
+def check_functions_fit(functions: Iterable[FunctionSpec], policy: HostPolicy) -> None:
+    """A config-file function this host can never run is refused at start, not at call time."""
     for spec in functions:
-        problem = never_fits(spec, capacity)
+        problem = policy.problem(spec)
         if problem is not None:
             raise FatalStartupError(problem)
+
+
+def host_policy(config: Config) -> HostPolicy:
+    """What this host lets functions have; ``kiln daemon --check`` applies the same."""
+    plan = plan_capacity(read_host_resources(), cap=config.limits.memory)
+    return HostPolicy(plan.capacity, networks=config.limits.networks, cpus=host_cpus())
 
 
 async def watch_signals(
@@ -131,12 +138,14 @@ async def run_daemon(
         config.source,
     )
     store = FunctionStore(config.daemon.state_dir)
-    functions = merge_functions(config.functions, store.load())
     host = read_host_resources()
     plan = plan_capacity(host, cap=config.limits.memory)
     log.info("memory for containers: %s", plan.explain())
     log.info("CPUs: %g (%s)", host.cpus, host.cpu_source)
-    check_functions_fit(functions.values(), plan.capacity)
+    policy = HostPolicy(plan.capacity, networks=config.limits.networks, cpus=host_cpus())
+    check_functions_fit(config.functions.values(), policy)
+    # A persisted spec this version or host refuses is skipped (logged), never fatal.
+    functions = merge_functions(config.functions, store.load(policy.problem))
     limiter = DockerLimiter(
         create_rate=config.docker.create_rate,
         create_burst=config.docker.create_burst,
@@ -173,6 +182,7 @@ async def run_daemon(
                 functions=functions,
                 store=store,
                 capacity=plan.capacity,
+                policy=policy,
                 on_drain=drain_requested.set,
                 metrics=metrics,
                 limiter=limiter,

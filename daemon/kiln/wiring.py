@@ -38,8 +38,10 @@ from kiln.calls.lifecycle import Calls
 from kiln.calls.stdio import StdioRunner
 from kiln.config import Config, LogsConfig
 from kiln.containers.janitor import Janitor
+from kiln.containers.runtime import ContainerRuntime
 from kiln.containers.spec import Identity
 from kiln.docker import DockerClient
+from kiln.functions.policy import HostPolicy
 from kiln.functions.registry import FunctionRegistry
 from kiln.functions.spec import FunctionSpec
 from kiln.functions.store import FunctionStore
@@ -96,6 +98,7 @@ class Daemon:
         limiter: DockerLimiter | None = None,
         host: HostResources | None = None,
         transport: ListenerTransport | None = None,
+        policy: HostPolicy | None = None,
         logs: Logs | None = None,
     ) -> Daemon:
         """Wire the parts; nothing runs until :meth:`run`. ``functions`` is the
@@ -114,9 +117,9 @@ class Daemon:
             async_fraction=limits.async_fraction,
         )
         janitor = Janitor(docker)
+        runtime = ContainerRuntime(docker, janitor=janitor)
         supervisors = Supervisors(
-            janitor=janitor,
-            docker=docker,
+            runtime=runtime,
             memory=memory,
             identity=identity,
             iofs_root=Path(config.daemon.run_dir) / "iofs" / identity.instance,
@@ -128,9 +131,7 @@ class Daemon:
         registry = FunctionRegistry(functions, supervisors)
         registry.on_retired.append(logs.forget)
         registry.on_retired.append(metrics.forget)
-        stdio = StdioRunner(
-            docker, identity, max_response=config.daemon.max_response, janitor=janitor
-        )
+        stdio = StdioRunner(runtime, identity, max_response=config.daemon.max_response)
         calls = Calls(registry=registry, stdio=stdio, memory=memory, metrics=metrics, logs=logs)
         operations = Operations(
             config=config,
@@ -144,6 +145,7 @@ class Daemon:
             capacity=capacity,
             host=host,
             on_drain=on_drain,
+            policy=policy,
         )
         metrics.attach(
             memory=memory,

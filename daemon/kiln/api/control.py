@@ -33,7 +33,7 @@ from kiln.api.invoke import new_call_id, run_call
 from kiln.api.operations import BadRequest, Operations
 from kiln.calls.errors import CallError, NotFound
 from kiln.functions.spec import parse_function
-from kiln.functions.validate import ConfigError
+from kiln.functions.validate import ConfigError, depth_problem
 from kiln.http.asgi import ClientGone, Receive, Scope, Send, error_body, lifespan, read_body
 from kiln.http.listeners import SocketInUse, bind_unix
 from kiln.logs.http import serve_logs
@@ -148,9 +148,15 @@ class ControlApp:
     async def _json_body(self, scope: Scope, receive: Receive) -> Any:
         raw = await read_body(scope, receive, MAX_SPEC)
         try:
-            return json.loads(raw or b"{}")
-        except ValueError as e:
+            value = json.loads(raw or b"{}")
+        except RecursionError as e:
+            raise BadRequest(f"body is not JSON we read: {e}") from e
+        except ValueError as e:  # also bad UTF-8 and integers of too many digits
             raise BadRequest(f"body is not JSON: {e}") from e
+        nested = depth_problem(value)
+        if nested is not None:
+            raise BadRequest(f"body is not JSON we read: {nested}")
+        return value
 
     async def _route(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
         method: str = scope["method"]

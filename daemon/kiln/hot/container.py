@@ -1,26 +1,29 @@
-"""One hot container's life in Docker: create, start, ready, logs, exit, kill, remove.
+"""One hot container's life: create, start, ready, logs, exit, kill, remove.
 
 :class:`HotContainer` is what a supervisor holds for one container (its
 scheduling state lives in :mod:`kiln.hot.scheduler`); :class:`Launcher` does
-the Docker and socket I/O for it.
+its I/O: Docker through the container runtime (:mod:`kiln.containers.runtime`,
+which also maps Docker's failures), the listener through the transport.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+import shutil
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
 from kiln.admission.memory import Reservation
-from kiln.calls.errors import CallTimeout, FunctionFailed, docker_call_error
-from kiln.calls.stdio import StderrTail, remove_container
-from kiln.containers.janitor import Janitor
+from kiln.calls.errors import CallError, CallTimeout, FunctionFailed
+from kiln.containers.logtail import StderrTail
+from kiln.containers.runtime import Box, ContainerRuntime
 from kiln.containers.spec import Identity, container_config
-from kiln.docker import STDOUT, DockerClient, DockerError, Frame
+from kiln.docker import STDOUT, Frame
 from kiln.fncontract import container_env
 from kiln.functions.spec import FunctionSpec
 from kiln.hot.httpstream import FnProtocolError
@@ -28,9 +31,6 @@ from kiln.hot.readiness import ListenerInvalid
 from kiln.hot.transport import HotConnection, ListenerTransport
 
 log = logging.getLogger("kiln.hot")
-
-#: How long killing a broken container may take before the call answers anyway.
-KILL_TIMEOUT = 10.0
 
 
 def make_iofs_dir(path: Path) -> None:
@@ -48,9 +48,9 @@ class HotContainer:
 
     seq: int
     name: str
+    iofs: Path
     created_at: float = 0.0
-    cid: str | None = None
-    create_sent: bool = False
+    box: Box | None = None
     ready_at: float = 0.0
     calls: int = 0
     current_call: str | None = None
@@ -62,6 +62,10 @@ class HotContainer:
     retire_reason: str = ""
     idle_deadline: float = math.inf
     _idle_scope: trio.CancelScope | None = None
+
+    @property
+    def cid(self) -> str | None:
+        return self.box.id if self.box is not None else None
 
     def retire_now(self, reason: str) -> None:
         if not self.retire.is_set():
@@ -85,29 +89,39 @@ class HotContainer:
 
 
 class Launcher:
-    """The Docker side of one function's hot containers."""
+    """The I/O side of one function's hot containers."""
 
     def __init__(
         self,
         spec: FunctionSpec,
         *,
-        docker: DockerClient,
+        runtime: ContainerRuntime,
         identity: Identity,
         transport: ListenerTransport,
-        janitor: Janitor | None,
     ) -> None:
         self.spec = spec
-        self.docker = docker
+        self.runtime = runtime
         self.identity = identity
         self.transport = transport
-        self.janitor = janitor
+
+    @asynccontextmanager
+    async def claim(self, c: HotContainer) -> AsyncIterator[None]:
+        """Own ``c``'s container and its /tmp/iofs dir: leaving the block closes the
+        connection and removes both, on every path (shielded). Never raises."""
+        try:
+            async with self.runtime.claim(self.spec, c.name) as box:
+                c.box = box
+                try:
+                    yield
+                finally:
+                    if c.conn is not None:
+                        with trio.CancelScope(shield=True):
+                            await c.conn.aclose()
+        finally:
+            shutil.rmtree(c.iofs, ignore_errors=True)
 
     async def start(
-        self,
-        c: HotContainer,
-        iofs: Path,
-        nursery: trio.Nursery,
-        on_exit: Callable[[HotContainer], None],
+        self, c: HotContainer, nursery: trio.Nursery, on_exit: Callable[[HotContainer], None]
     ) -> None:
         """Create and start ``c``, wait for its listener and connect. Raises CallError.
 
@@ -115,23 +129,21 @@ class Launcher:
         ``on_exit`` is told when the container exits.
         """
         spec = self.spec
-        make_iofs_dir(iofs)
+        box = c.box
+        assert box is not None
+        make_iofs_dir(c.iofs)
         config = container_config(
             spec,
             self.identity,
             stdio=False,
             env=container_env(spec.name, spec.memory, spec.env),
-            binds=[f"{iofs}:/tmp/iofs"],
+            binds=[f"{c.iofs}:/tmp/iofs"],
         )
-        try:
-            c.create_sent = True
-            c.cid = await self.docker.create_container(config, name=c.name)
-            await self.docker.start(c.cid)
-        except DockerError as e:
-            raise docker_call_error(e, spec) from e
+        await self.runtime.create(box, config)
+        await self.runtime.start(box)
         exited = trio.Event()
-        nursery.start_soon(self._watch_exit, c, exited, on_exit)
-        nursery.start_soon(self._follow_logs, c)
+        nursery.start_soon(self._watch_exit, c, box, exited, on_exit)
+        nursery.start_soon(self._follow_logs, c, box)
         socket_path: Path | None = None
         invalid: ListenerInvalid | None = None
         with trio.move_on_after(spec.start_timeout) as scope:
@@ -140,7 +152,7 @@ class Launcher:
                 async def listener() -> None:
                     nonlocal socket_path, invalid
                     try:
-                        socket_path = await self.transport.wait_ready(iofs)
+                        socket_path = await self.transport.wait_ready(c.iofs)
                     except ListenerInvalid as e:
                         invalid = e
                     race.cancel_scope.cancel()
@@ -157,7 +169,8 @@ class Launcher:
             )
         if socket_path is None:
             if exited.is_set():
-                tail = await self._log_tail(c)
+                tail = await self.runtime.log_tail(box)
+                tail = c.log_tail.text() if tail is None else tail
                 raise FunctionFailed(
                     f"function {spec.name!r} failed to initialize: its container exited "
                     f"(code {c.exit_code}) before it was ready"
@@ -179,20 +192,20 @@ class Launcher:
             ) from e
 
     async def _watch_exit(
-        self, c: HotContainer, exited: trio.Event, on_exit: Callable[[HotContainer], None]
+        self,
+        c: HotContainer,
+        box: Box,
+        exited: trio.Event,
+        on_exit: Callable[[HotContainer], None],
     ) -> None:
-        assert c.cid is not None
         try:
-            result = await self.docker.wait(c.cid)
-            c.exit_code = result.status_code
-        except DockerError as e:
+            c.exit_code = await self.runtime.wait(box)
+        except CallError as e:
             log.warning("fn=%s container %s: lost track of it: %s", self.spec.name, c.name, e)
         exited.set()
         on_exit(c)
 
-    async def _follow_logs(self, c: HotContainer) -> None:
-        assert c.cid is not None
-
+    async def _follow_logs(self, c: HotContainer, box: Box) -> None:
         def on_frame(frame: Frame) -> None:
             for line in c.log_tail.feed(frame.data):
                 log.info(
@@ -203,41 +216,10 @@ class Launcher:
                     line.decode("utf-8", "replace"),
                 )
 
-        try:
-            await self.docker.follow_logs(c.cid, on_frame)
-        except DockerError as e:
-            log.debug("fn=%s container %s: log stream ended: %s", self.spec.name, c.name, e)
-
-    async def _log_tail(self, c: HotContainer) -> str:
-        if c.cid is None:
-            return c.log_tail.text()
-        try:
-            with trio.move_on_after(5):
-                out, err = await self.docker.logs(c.cid, tail=20)
-                return (out + err).decode("utf-8", "replace").strip()[-2000:]
-        except DockerError:
-            pass
-        return c.log_tail.text()
+        await self.runtime.follow_logs(box, on_frame)
 
     async def kill(self, c: HotContainer) -> None:
-        """Kill a broken container, shielded and bounded: the caller (and the next call)
-        never meets it again. Never raises."""
-        if c.cid is None:
-            return
-        with trio.CancelScope(shield=True), trio.move_on_after(KILL_TIMEOUT):
-            try:
-                await self.docker.kill(c.cid)
-            except DockerError as e:
-                log.warning("fn=%s: could not kill %s: %s", self.spec.name, c.name, e)
-
-    async def remove(self, c: HotContainer) -> None:
-        """Close the connection and remove the container, shielded. Never raises."""
-        with trio.CancelScope(shield=True):
-            if c.conn is not None:
-                await c.conn.aclose()
-            # A create cancelled or timed out after Docker got it may still have made the
-            # container: its name is deterministic, so remove it by name.
-            target = c.cid or (c.name if c.create_sent else None)
-            if target is None:
-                return
-            await remove_container(self.docker, target, self.spec.name, self.janitor)
+        """Kill a broken container (shielded, bounded, never raises): the caller and the
+        next call never meet it again."""
+        if c.box is not None:
+            await self.runtime.kill(c.box)
