@@ -56,6 +56,10 @@ class DaemonConfig:
     control_group: str = "kiln"
     state_dir: str = "/var/lib/kiln"
     run_dir: str = "/run/kiln"
+    #: A request body must arrive within this many seconds of its head (else 408).
+    body_timeout: float = 60.0
+    #: Open invoke connections; 0: derived from RLIMIT_NOFILE.
+    max_connections: int = 0
     auth: str = "none"  # "none" | "token": bearer tokens for the invoke API
     allow_unauthenticated: bool = False  # listen beyond loopback without auth
 
@@ -172,6 +176,8 @@ def _daemon(t: Table) -> DaemonConfig:
         control_group=t.string("control_group", d.control_group, max_length=256),
         state_dir=_dir(t, "state_dir", d.state_dir),
         run_dir=_dir(t, "run_dir", d.run_dir),
+        body_timeout=t.number("body_timeout", d.body_timeout, exclusive_minimum=0, maximum=3600),
+        max_connections=t.integer("max_connections", d.max_connections, minimum=0, maximum=1 << 20),
         auth=t.string("auth", d.auth, choices=AUTH_MODES),
         allow_unauthenticated=t.boolean("allow_unauthenticated", d.allow_unauthenticated),
     )

@@ -44,7 +44,7 @@ from kiln.docker import DockerClient, DockerError, DockerTimeout, DockerUnreacha
 from kiln.functions.policy import HostPolicy, host_cpus
 from kiln.functions.spec import FunctionSpec
 from kiln.functions.store import FunctionStore
-from kiln.http import open_listeners, serve_asgi
+from kiln.http import Limits, open_listeners, serve_asgi
 from kiln.logs.journal import open_forwarder
 from kiln.logs.service import Logs
 from kiln.metrics import Metrics
@@ -57,6 +57,24 @@ log = logging.getLogger("kiln.daemon")
 
 #: How long the servers may take to finish writing responses once the drain is over.
 SERVER_GRACE = 2.0
+
+#: Caller headers Kiln accepts on the invoke API, and so forwards to a function:
+#: few and small enough for the HTTP servers inside function images (some take
+#: no more than 100 headers or an 8 KiB head), with room for Kiln's own.
+INVOKE_MAX_HEADERS = 64
+INVOKE_MAX_HEADER_BYTES = 6 * 1024
+#: The control API's clients are the operator's tools: a small, fixed cap.
+CONTROL_LIMITS = Limits(max_connections=64)
+
+
+def invoke_limits(config: Config) -> Limits:
+    """What the invoke API accepts from callers (see :class:`kiln.http.Limits`)."""
+    return Limits(
+        body_timeout=config.daemon.body_timeout,
+        max_headers=INVOKE_MAX_HEADERS,
+        max_header_bytes=INVOKE_MAX_HEADER_BYTES,
+        max_connections=config.daemon.max_connections or None,
+    )
 
 
 class FatalStartupError(Exception):
@@ -226,6 +244,7 @@ async def run_daemon(
                                 invoke_listeners,
                                 shutdown=servers_stop,
                                 grace=SERVER_GRACE,
+                                limits=invoke_limits(config),
                             )
                         )
                         await n.start(
@@ -235,6 +254,7 @@ async def run_daemon(
                                 control_listeners,
                                 shutdown=servers_stop,
                                 grace=SERVER_GRACE,
+                                limits=CONTROL_LIMITS,
                             )
                         )
                         task_status.started(binds)
