@@ -108,8 +108,14 @@ class DockerContainers:
         return dict(data)
 
 
-def _same_config(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
-    return all(current.get(k) == v for k, v in wanted.items() if k != "HostConfig")
+def _same_config(current: Any, wanted: Any) -> bool:
+    """Whether the running config has everything asked for (Docker adds defaults, and the
+    image's labels and environment, to what was asked)."""
+    if isinstance(wanted, Mapping):
+        return isinstance(current, Mapping) and all(
+            _same_config(current.get(k), v) for k, v in wanted.items() if k != "HostConfig"
+        )
+    return bool(current == wanted)
 
 
 class DockerContainer:

@@ -126,7 +126,7 @@ class Stream:
     async def read_out(self) -> Message | None:
         """The next piece of output, or None once the stream has ended."""
         while not self._pending:
-            if self._eof:
+            if self._eof or self._closed:
                 return None
             data = await self._read()
             if not data:
