@@ -57,7 +57,13 @@ def _api() -> httpx.Client:
     )
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
+def _needs_docker(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("docker"):
+        request.getfixturevalue("real_docker")
+
+
+@pytest.fixture(scope="session")
 def real_docker() -> Iterator[None]:
     """Docker is there with the test image; afterwards, remove what this run made."""
     try:

@@ -189,7 +189,8 @@ async def test_put_and_get_archive() -> None:
         tar = await container.get_archive("tmp/foo.txt")
         assert [m.name for m in tar.getmembers()] == ["foo.txt"]
         member = tar.extractfile("foo.txt")
-        assert member is not None and member.read() == b"hello kiln\n"
+        assert member is not None
+        assert member.read() == b"hello kiln\n"
         await container.delete(force=True)
 
 
@@ -219,7 +220,8 @@ async def test_port_reports_published_ports() -> None:
         )
         await container.start()
         ports = await container.port(5678)
-        assert ports and ports[0]["HostPort"]
+        assert ports
+        assert ports[0]["HostPort"]
         assert await container.port(9999) is None
         await container.delete(force=True)
 
@@ -231,6 +233,7 @@ async def test_exec_attached_detached_tty_and_by_id() -> None:
         execution = await container.exec(["echo", "Hello"], stdout=True, stderr=True)
         async with execution.start(detach=False) as stream:
             msg = await stream.read_out()
+            assert await stream.read_out() is None  # the end: the command has exited
         assert msg is not None
         assert msg.stream == 1
         assert msg.data == b"Hello\n"

@@ -3,7 +3,9 @@
 Written on anyio (through httpx/httpcore), so the same code runs under asyncio and Trio.
 
 * Short calls share one connection pool and are bounded by httpx's own timeouts, not by
-  outer cancel scopes. A caller's ``timeout=`` becomes httpx's timeout and surfaces as
+  outer cancel scopes. They wait for a free connection on a semaphore of the client's own
+  (cancellable), never in httpcore's pool: a request cancelled while queued in that pool
+  can leave it jammed for good (seen under asyncio). A caller's ``timeout=`` becomes httpx's timeout and surfaces as
   :class:`~kiln.docker.errors.DockerTimeout`, which is a builtin ``TimeoutError``.
 * Mutations of containers (create, start, stop, kill, restart, delete) run shielded: a
   caller that goes away never leaves Docker half-way. They still end — the timeout
@@ -92,6 +94,8 @@ class Docker:
         self.docker_host: str = self._endpoint.docker_host
         self.api_version = api_version
         self.timeout = timeout
+        self._pool_size = pool_size
+        self._slots: anyio.Semaphore | None = None  # made at first use: it needs a running loop
         self.limiter: Limiter = limiter or _NoLimit()
         self.observer = observer
         verify: ssl.SSLContext | bool = self._endpoint.ssl_context or (
@@ -197,7 +201,6 @@ class Docker:
         timeout: float | object | None = ...,
         versioned: bool = True,
         operation: str | None = None,
-        mutation: bool = False,
         ok: tuple[int, ...] = (),
     ) -> httpx.Response:
         """One short call on the pooled client; Docker's error statuses raise."""
@@ -212,9 +215,14 @@ class Docker:
             kwargs["timeout"] = self._httpx_timeout(timeout)  # type: ignore[arg-type]
         t0 = anyio.current_time()
         outcome = "error"
+        if self._slots is None:
+            self._slots = anyio.Semaphore(self._pool_size)
         try:
-            async with self.limiter.call():
-                with anyio.CancelScope(shield=mutation):
+            async with self.limiter.call(), self._slots:
+                # Once sent, a short call finishes (its timeout bounds it): a request
+                # cancelled inside httpcore's pool can leave a connection marked busy
+                # for good, and mutations must not be left half-way.
+                with anyio.CancelScope(shield=True):
                     response = await self.session.request(method, url, **kwargs)
             outcome = str(response.status_code)
         except httpx.HTTPError as e:

@@ -58,7 +58,6 @@ class DockerContainers:
                 params={"name": name},
                 data=dict(config or {}),
                 operation="create container",
-                mutation=True,
             )
         cid = data.get("Id") if isinstance(data, dict) else None
         if not isinstance(cid, str):
@@ -160,7 +159,6 @@ class DockerContainer:
             "POST",
             params=kwargs or None,
             operation="start container",
-            mutation=True,
             ok=(304,),
         )
 
@@ -181,7 +179,6 @@ class DockerContainer:
             params={"t": t, "signal": signal},
             timeout=self._grace_timeout(t, timeout),
             operation="stop container",
-            mutation=True,
             ok=(304,),
         )
 
@@ -192,7 +189,6 @@ class DockerContainer:
             params={"t": t},
             timeout=self._grace_timeout(t, timeout),
             operation="restart container",
-            mutation=True,
         )
 
     async def kill(self, **kwargs: Any) -> None:
@@ -201,7 +197,6 @@ class DockerContainer:
             "POST",
             params=kwargs,
             operation="kill container",
-            mutation=True,
         )
 
     async def pause(self) -> None:
@@ -234,7 +229,6 @@ class DockerContainer:
             params={"force": force, "v": v, "link": link},
             timeout=timeout,
             operation="remove container",
-            mutation=True,
         )
 
     async def wait(self, *, timeout: float | None = None, **kwargs: Any) -> dict[str, Any]:
