@@ -121,6 +121,7 @@ class Daemon:
             memory=memory,
             identity=identity,
             iofs_root=Path(config.daemon.run_dir) / "iofs" / identity.instance,
+            max_response=config.daemon.max_response,
             queue_max=limits.queue_max,
             queue_wait=limits.queue_wait,
             transport=transport,
