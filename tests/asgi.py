@@ -8,7 +8,7 @@ from typing import Any
 
 import trio
 
-from kiln.api.invoke import InvokeApp
+from kiln.api.access import ASGIApp
 
 
 @dataclass
@@ -22,7 +22,7 @@ class Reply:
 
 
 async def request(
-    app: InvokeApp,
+    app: ASGIApp,
     method: str,
     path: str,
     body: bytes = b"",
@@ -52,10 +52,13 @@ async def request(
         elif message["type"] == "http.response.body":
             reply.body += message.get("body", b"")
 
+    raw_path, _, query = path.partition("?")
     scope = {
         "type": "http",
         "method": method,
-        "path": path,
+        "path": raw_path,
+        "raw_path": raw_path.encode(),
+        "query_string": query.encode(),
         "headers": [(b"content-length", str(len(body)).encode()), *(headers or [])],
     }
     await app(scope, receive, send)  # type: ignore[arg-type]

@@ -3,9 +3,16 @@
 ::
 
     root nursery
-    ├── signals: SIGTERM/SIGINT → graceful stop (a second one: stop now)
-    ├── Docker client (one httpx.AsyncClient on the socket)
-    └── invoke + control API servers (kiln.httpserver: h11 on Trio)
+    ├── signals: SIGTERM/SIGINT → graceful stop (a second one: stop now), SIGHUP → reload
+    ├── daemon parts (kiln.wiring.Daemon.run)
+    │   ├── janitor
+    │   └── supervisors nursery → one supervisor per hot function → its containers
+    ├── servers: invoke + control API (kiln.http: h11 on Trio)
+    │   └── one task per connection; a call runs in its connection's task
+    └── systemd watchdog
+
+The parts themselves are built in :mod:`kiln.wiring` (the tests build the same
+ones on a fake Docker engine); this module adds the process around them.
 
 Cancelling the root cancels every call, and every call's ``finally`` removes
 its container (shielded, bounded), so a stopped daemon leaves nothing behind.
@@ -19,31 +26,31 @@ import os
 import signal
 from collections.abc import Callable, Iterable
 from functools import partial
-from pathlib import Path
 
 import trio
 
 from kiln import __version__
 from kiln.admission.hostmem import plan_capacity, read_host_resources
-from kiln.admission.memory import MemoryBudget
 from kiln.admission.ratelimit import DockerLimiter
-from kiln.api.control import AnotherKilnRunning, ControlApp, open_control_socket
-from kiln.api.invoke import InvokeApp
+from kiln.api.control import AnotherKilnRunning, open_control_socket
 from kiln.api.operations import Operations, merge_functions
+from kiln.asyncq.queue import default_host, open_store
+from kiln.asyncq.store import Store, StoreError
 from kiln.calls.errors import CallError
-from kiln.calls.lifecycle import Invoker
 from kiln.config import Config
-from kiln.containers.janitor import Janitor
 from kiln.containers.spec import Identity
 from kiln.containers.sweep import sweep_orphans
 from kiln.docker import DockerClient, DockerError, DockerTimeout, DockerUnreachable
-from kiln.functions.spec import FunctionSpec, never_fits
+from kiln.functions.policy import HostPolicy, host_cpus
+from kiln.functions.spec import FunctionSpec
 from kiln.functions.store import FunctionStore
-from kiln.httpserver import open_listeners, serve_asgi
+from kiln.http import Limits, open_listeners, serve_asgi
+from kiln.logs.journal import open_forwarder
+from kiln.logs.service import Logs
 from kiln.metrics import Metrics
-from kiln.supervisors import Supervisors
 from kiln.systemd import Notifier
 from kiln.units import format_size
+from kiln.wiring import Daemon, log_settings
 
 log = logging.getLogger("kiln.daemon")
 
@@ -51,17 +58,41 @@ log = logging.getLogger("kiln.daemon")
 #: How long the servers may take to finish writing responses once the drain is over.
 SERVER_GRACE = 2.0
 
+#: Caller headers Kiln accepts on the invoke API, and so forwards to a function:
+#: few and small enough for the HTTP servers inside function images (some take
+#: no more than 100 headers or an 8 KiB head), with room for Kiln's own.
+INVOKE_MAX_HEADERS = 64
+INVOKE_MAX_HEADER_BYTES = 6 * 1024
+#: The control API's clients are the operator's tools: a small, fixed cap.
+CONTROL_LIMITS = Limits(max_connections=64)
+
+
+def invoke_limits(config: Config) -> Limits:
+    """What the invoke API accepts from callers (see :class:`kiln.http.Limits`)."""
+    return Limits(
+        body_timeout=config.daemon.body_timeout,
+        max_headers=INVOKE_MAX_HEADERS,
+        max_header_bytes=INVOKE_MAX_HEADER_BYTES,
+        max_connections=config.daemon.max_connections or None,
+    )
+
 
 class FatalStartupError(Exception):
     """The daemon cannot run (e.g. a Docker engine too old)."""
 
 
-def check_functions_fit(functions: Iterable[FunctionSpec], capacity: int) -> None:
-    """A function whose memory can never fit is refused at load time, not at call time."""
+def check_functions_fit(functions: Iterable[FunctionSpec], policy: HostPolicy) -> None:
+    """A config-file function this host can never run is refused at start, not at call time."""
     for spec in functions:
-        problem = never_fits(spec, capacity)
+        problem = policy.problem(spec)
         if problem is not None:
             raise FatalStartupError(problem)
+
+
+def host_policy(config: Config) -> HostPolicy:
+    """What this host lets functions have; ``kiln daemon --check`` applies the same."""
+    plan = plan_capacity(read_host_resources(), cap=config.limits.memory)
+    return HostPolicy(plan.capacity, networks=config.limits.networks, cpus=host_cpus())
 
 
 async def watch_signals(
@@ -109,22 +140,25 @@ async def run_daemon(
         config.source,
     )
     store = FunctionStore(config.daemon.state_dir)
-    functions = merge_functions(config.functions, store.load())
-    plan = plan_capacity(read_host_resources(), cap=config.limits.memory)
+    host = read_host_resources()
+    plan = plan_capacity(host, cap=config.limits.memory)
     log.info("memory for containers: %s", plan.explain())
-    check_functions_fit(functions.values(), plan.capacity)
+    log.info("CPUs: %g (%s)", host.cpus, host.cpu_source)
+    policy = HostPolicy(plan.capacity, networks=config.limits.networks, cpus=host_cpus())
+    check_functions_fit(config.functions.values(), policy)
+    # A persisted spec this version or host refuses is skipped (logged), never fatal.
+    functions = merge_functions(config.functions, store.load(policy.problem))
     limiter = DockerLimiter(
         create_rate=config.docker.create_rate,
         create_burst=config.docker.create_burst,
         max_inflight=config.docker.max_inflight,
     )
-    memory = MemoryBudget(
-        plan.capacity,
-        queue_max=config.limits.queue_max,
-        queue_wait=config.limits.queue_wait,
-        async_fraction=config.limits.async_fraction,
-    )
-    metrics = Metrics()
+    metrics = Metrics(per_function=config.metrics.per_function)
+    try:
+        forwarder = open_forwarder(config.logs.forward)
+    except OSError as e:
+        raise FatalStartupError(f"[logs] forward = {config.logs.forward!r}: {e}") from e
+    logs = Logs(log_settings(config.logs, config.daemon.state_dir), forwarder=forwarder)
     drain_requested = trio.Event()
     stop_now = trio.CancelScope()
     notifier = Notifier()
@@ -143,39 +177,29 @@ async def run_daemon(
             observer=metrics.observe_docker,
         ) as docker:
             await check_docker(docker)
-            janitor = Janitor(docker)
-            supervisors = Supervisors(
-                janitor=janitor,
-                docker=docker,
-                memory=memory,
-                identity=identity,
-                iofs_root=Path(config.daemon.run_dir) / "iofs" / identity.instance,
-                queue_max=config.limits.queue_max,
-                queue_wait=config.limits.queue_wait,
-            )
-            memory.evictor = supervisors
-            invoker = Invoker(
+            async_store = await open_async_store(config)
+            daemon = Daemon.build(
+                config,
                 docker=docker,
                 identity=identity,
                 functions=functions,
-                max_response=config.daemon.max_response,
-                memory=memory,
-                supervisors=supervisors,
-                janitor=janitor,
-            )
-            metrics.attach(memory=memory, supervisors=supervisors, limiter=limiter, invoker=invoker)
-            controller = Operations(
-                config=config,
-                invoker=invoker,
-                supervisors=supervisors,
-                memory=memory,
-                docker=docker,
                 store=store,
                 capacity=plan.capacity,
+                policy=policy,
                 on_drain=drain_requested.set,
+                metrics=metrics,
+                limiter=limiter,
+                host=host,
+                async_store=async_store,
+                logs=logs,
             )
-            app = InvokeApp(invoker, max_body=config.daemon.max_body, metrics=metrics)
-            control_app = ControlApp(controller)
+            if daemon.tokens is not None and not len(daemon.tokens):
+                log.warning(
+                    'auth = "token" and no token exists yet: every call gets 401 until one '
+                    "is made with `kiln token create`"
+                )
+            controller = daemon.operations
+            calls = daemon.calls
             try:
                 invoke_listeners = await open_listeners(config.daemon.listen)
             except OSError as e:
@@ -202,11 +226,10 @@ async def run_daemon(
                     root.start_soon(
                         watch_signals, drain_requested.set, force, lambda: root.start_soon(reload)
                     )
-                await root.start(janitor.run)
                 # Before serving: what a crashed run left is gone before we start anew
-                # (bounded in time; see kiln.sweep).
+                # (bounded in time; see kiln.containers.sweep).
                 await sweep_orphans(docker, identity)
-                await root.start(supervisors.run, functions)
+                await root.start(daemon.run)
                 servers_down = trio.Event()
                 servers_stop = trio.Event()
 
@@ -217,19 +240,21 @@ async def run_daemon(
                         binds = await n.start(
                             partial(
                                 serve_asgi,
-                                app,
+                                daemon.invoke_app,
                                 invoke_listeners,
                                 shutdown=servers_stop,
                                 grace=SERVER_GRACE,
+                                limits=invoke_limits(config),
                             )
                         )
                         await n.start(
                             partial(
                                 serve_asgi,
-                                control_app,
+                                daemon.control_app,
                                 control_listeners,
                                 shutdown=servers_stop,
                                 grace=SERVER_GRACE,
+                                limits=CONTROL_LIMITS,
                             )
                         )
                         task_status.started(binds)
@@ -246,18 +271,18 @@ async def run_daemon(
                 task_status.started(binds)
 
                 await drain_requested.wait()
-                invoker.draining = True
+                daemon.drain()
                 await notifier.stopping()
-                n = invoker.inflight
+                n = calls.inflight
                 log.info(
                     "draining: %d call(s) in flight, waiting up to %g s",
                     n,
                     config.daemon.drain_timeout,
                 )
                 with stop_now, trio.move_on_after(config.daemon.drain_timeout) as waited:
-                    await invoker.wait_idle()
+                    await calls.wait_idle()
                 if waited.cancelled_caught or stop_now.cancelled_caught:
-                    log.warning("drain: cancelling %d call(s) still in flight", invoker.inflight)
+                    log.warning("drain: cancelling %d call(s) still in flight", calls.inflight)
                 else:
                     servers_stop.set()  # let finished calls' responses go out
                     with trio.move_on_after(SERVER_GRACE + 1):
@@ -265,16 +290,34 @@ async def run_daemon(
                 # Cancel the tree: servers stop, calls still running are cancelled, and
                 # every container task removes its container (shielded, bounded).
                 root.cancel_scope.cancel()
+            if daemon.asyncq is not None:
+                await daemon.asyncq.store.close()
     finally:
         with contextlib.suppress(OSError):
             os.unlink(config.daemon.control_socket)
         notifier.close()
+        logs.close()
     log.info("kiln stopped")
+
+
+async def open_async_store(config: Config) -> Store:
+    """Open ``[async] store`` (in a thread: it may connect to a database and
+    create or migrate its schema)."""
+    try:
+        store = await trio.to_thread.run_sync(open_store, config)
+    except StoreError as e:
+        raise FatalStartupError(f"[async] store: {e}") from e
+    log.info(
+        "async calls: %s store, host %s",
+        "shared PostgreSQL" if store.shared else "SQLite",
+        default_host(config),
+    )
+    return store
 
 
 def status_line(controller: Operations) -> str:
     m = controller.memory.statistics()
     return (
-        f"{len(controller.invoker.functions)} function(s), {controller.invoker.inflight} call(s) in flight, "
+        f"{len(controller.registry)} function(s), {controller.calls.inflight} call(s) in flight, "
         f"{format_size(m.reserved)} of {format_size(m.capacity)} reserved"
     )

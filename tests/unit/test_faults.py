@@ -28,7 +28,11 @@ def assert_clean(s: Stack) -> None:
     assert stats.waiting == 0
     assert s.fake.containers == {}
     # only the long-lived, sleeping components remain: no call or container task
-    assert set(kiln_tasks()) <= {"kiln.containers.janitor.Janitor.run", "kiln.supervisors.Supervisors.run"}
+    assert set(kiln_tasks()) <= {
+        "kiln.wiring.Daemon.run",
+        "kiln.containers.janitor.Janitor.run",
+        "kiln.hot.supervisors.Supervisors.run",
+    }
     assert s.janitor.pending == 0
 
 
@@ -140,14 +144,18 @@ async def test_queue_full_and_no_memory(autojump_clock: trio.testing.MockClock) 
         assert_clean(s)
 
 
-async def test_caller_disconnects_during_a_slow_create(autojump_clock: trio.testing.MockClock) -> None:
+async def test_caller_disconnects_during_a_slow_create(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """Docker takes 5 s to create; the caller leaves at 2 s. The create finishes
     (mutations are shielded) and the container it made is removed all the same."""
     async with stack(FNS) as s:
         s.fake.stall["create"] = 5
         gone = trio.Event()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(partial(request, s.app, "POST", "/invoke/slow", b"x", disconnect=gone))
+            nursery.start_soon(
+                partial(request, s.app, "POST", "/invoke/slow", b"x", disconnect=gone)
+            )
             await trio.sleep(2)
             gone.set()
         assert s.fake.created_total == 1

@@ -36,7 +36,10 @@ async def test_sweep_removes_other_instances_of_this_daemon(
 async def test_sweep_is_bounded_in_time(autojump_clock: trio.testing.MockClock) -> None:
     """No new removal starts after the sweep's deadline; removals already sent are
     shielded mutations and end within Docker's own timeout (30 s here)."""
-    async with FakeDocker() as fake, DockerClient("/fake", timeout=30, **fake.client_kwargs()) as docker:
+    async with (
+        FakeDocker() as fake,
+        DockerClient("/fake", timeout=30, **fake.client_kwargs()) as docker,
+    ):
         for _ in range(20):
             await docker.create_container(labels("d1", "crashed"))
         fake.stall["remove"] = 300  # Docker hangs on every removal
@@ -49,7 +52,9 @@ async def test_sweep_is_bounded_in_time(autojump_clock: trio.testing.MockClock) 
         assert trio.current_time() - t0 == 60
 
 
-async def test_sweep_with_docker_down_does_not_raise(autojump_clock: trio.testing.MockClock) -> None:
+async def test_sweep_with_docker_down_does_not_raise(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with FakeDocker() as fake, DockerClient("/fake", **fake.client_kwargs()) as docker:
         fake.unreachable = True
         assert (await sweep_orphans(docker, Identity("d1"))).found == 0

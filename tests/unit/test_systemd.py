@@ -35,7 +35,11 @@ async def test_ready_status_stopping(tmp_path: Path, abstract: bool) -> None:
     await n.status("2 calls in flight")
     await n.stopping()
     got = [await sock.recv(4096) for _ in range(3)]
-    assert got == [b"READY=1\nSTATUS=serving 3 functions", b"STATUS=2 calls in flight", b"STOPPING=1"]
+    assert got == [
+        b"READY=1\nSTATUS=serving 3 functions",
+        b"STATUS=2 calls in flight",
+        b"STOPPING=1",
+    ]
     n.close()
     sock.close()
 
@@ -53,7 +57,9 @@ async def test_watchdog_pings_at_half_the_interval(
 ) -> None:
     path = str(tmp_path / "notify.sock")
     sock = await receiver(path)
-    n = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "10000000", "WATCHDOG_PID": str(os.getpid())})
+    n = Notifier(
+        {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "10000000", "WATCHDOG_PID": str(os.getpid())}
+    )
     assert n.watchdog_interval == 10.0
     times: list[float] = []
     t0 = trio.current_time()

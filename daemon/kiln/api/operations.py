@@ -1,7 +1,9 @@
-"""What operators can do to a running daemon: deploy, remove, scale, reload, drain.
+"""What operators can do to a running daemon: deploy, remove, scale, reload, drain,
+and what they can ask it (status, functions, containers).
 
-The control API (and SIGHUP) call these; they keep the invoker's function
-table, the supervisors and the persisted store in step.
+The control API (and SIGHUP) call these. Changes go to the function registry
+(which starts, rolls over and retires supervisors) and to the persisted store,
+one change at a time.
 """
 
 from __future__ import annotations
@@ -10,20 +12,27 @@ import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from kiln import __version__
+from kiln.admission.hostmem import HostResources
 from kiln.admission.memory import MemoryBudget
-from kiln.calls.errors import CallError, NotFound
-from kiln.calls.lifecycle import Invoker
+from kiln.calls.errors import CallError
+from kiln.calls.lifecycle import Calls
 from kiln.config import Config, ConfigError, load
+from kiln.containers.janitor import Janitor
 from kiln.docker import DockerClient, DockerError
-from kiln.functions.spec import FunctionSpec, never_fits
+from kiln.functions.policy import HostPolicy
+from kiln.functions.registry import FunctionRegistry
+from kiln.functions.spec import FunctionSpec
 from kiln.functions.store import FunctionStore
-from kiln.supervisors import Supervisors
+from kiln.hot.supervisors import Supervisors
 from kiln.units import format_size
+
+if TYPE_CHECKING:
+    from kiln.asyncq.queue import AsyncQueue
 
 log = logging.getLogger("kiln.operations")
 
@@ -53,49 +62,61 @@ class Operations:
         self,
         *,
         config: Config,
-        invoker: Invoker,
+        registry: FunctionRegistry,
+        calls: Calls,
         supervisors: Supervisors,
         memory: MemoryBudget,
         docker: DockerClient,
         store: FunctionStore,
         capacity: int,
         on_drain: Callable[[], None],
+        janitor: Janitor | None = None,
+        host: HostResources | None = None,
+        policy: HostPolicy | None = None,
     ) -> None:
         self.config = config
-        self.invoker = invoker
+        self.registry = registry
+        self.calls = calls
         self.supervisors = supervisors
         self.memory = memory
         self.docker = docker
         self.store = store
         self.capacity = capacity
+        self.policy = policy or HostPolicy(capacity, networks=config.limits.networks)
         self.on_drain = on_drain
+        self.janitor = janitor
+        self.host = host
         self.started_at = trio.current_time()
         self._lock = trio.Lock()  # one change at a time
+        #: The async queue, when enabled (its figures go into /status).
+        self.asyncq: AsyncQueue | None = None
 
     # ---- queries -------------------------------------------------------------
 
     def spec(self, name: str) -> FunctionSpec:
-        spec = self.invoker.functions.get(name)
-        if spec is None:
-            raise NotFound(f"no function named {name!r}", code="unknown_function")
-        return spec
+        """The spec of ``name``; raises 404 ``unknown_function``."""
+        return self.registry.spec(name)
 
     def function_info(self, name: str) -> dict[str, Any]:
         spec = self.spec(name)
-        pool = self.supervisors.pool(name)
+        supervisor = self.registry.supervisor(name)
+        rate = self.registry.get(name).rate
         return {
             "name": name,
             "spec": spec.to_json(),
             "source": "deployed" if name in self.store.names() else "config",
-            "containers": [dataclasses.asdict(c) for c in pool.containers()] if pool else [],
-            "stats": dataclasses.asdict(pool.statistics()) if pool else None,
+            "containers": [dataclasses.asdict(c) for c in supervisor.containers()]
+            if supervisor
+            else [],
+            "stats": dataclasses.asdict(supervisor.statistics()) if supervisor else None,
+            "rate": dataclasses.asdict(rate.statistics()) if rate else None,
         }
 
     def functions(self) -> list[dict[str, Any]]:
         out = []
-        for name, spec in sorted(self.invoker.functions.items()):
-            pool = self.supervisors.pool(name)
-            stats = pool.statistics() if pool else None
+        for name, spec in sorted(self.registry.specs().items()):
+            supervisor = self.registry.supervisor(name)
+            stats = supervisor.statistics() if supervisor else None
             out.append(
                 {
                     "name": name,
@@ -113,8 +134,8 @@ class Operations:
 
     def containers(self) -> list[dict[str, Any]]:
         out = []
-        for name, pool in sorted(self.supervisors.pools.items()):
-            for c in pool.containers():
+        for name, supervisor in sorted(self.supervisors.by_name.items()):
+            for c in supervisor.containers():
                 out.append({"function": name, **dataclasses.asdict(c)})
         return out
 
@@ -142,73 +163,62 @@ class Operations:
             },
             "queue": {"memory_waiting": m.waiting},
             "containers": by_state,
-            "functions": len(self.invoker.functions),
+            "functions": len(self.registry),
+            "calls_in_flight": self.calls.inflight,
             "docker": {"socket": self.docker.socket_path, "reachable": reachable},
-            "draining": self.invoker.draining,
-            "janitor_pending": self.invoker.janitor.pending if self.invoker.janitor else 0,
+            "draining": self.calls.draining,
+            "janitor_pending": self.janitor.pending if self.janitor else 0,
+            "janitor": dataclasses.asdict(self.janitor.statistics()) if self.janitor else None,
+            "rate_limits": {
+                name: dataclasses.asdict(stats)
+                for name, stats in self.registry.rate_statistics().items()
+            },
+            "host": (
+                {"cpus": self.host.cpus, "cpu_source": self.host.cpu_source} if self.host else None
+            ),
+            "async": self.asyncq.status() if self.asyncq is not None else None,
         }
 
     # ---- changes -------------------------------------------------------------
 
     def _check_fits(self, spec: FunctionSpec) -> None:
-        problem = never_fits(spec, self.capacity)
+        problem = self.policy.problem(spec)
         if problem is not None:
             raise BadRequest(problem, code="bad_spec")
-
-    async def _apply(self, spec: FunctionSpec) -> None:
-        old = self.invoker.functions.get(spec.name)
-        self.invoker.functions[spec.name] = spec
-        self.invoker.set_rate(spec)
-        if old == spec:
-            return
-        if old is not None and (old.format == "http-stream" or spec.format == "http-stream"):
-            await self.supervisors.replace(spec)
-        elif old is None and spec.format == "http-stream":
-            await self.supervisors.add(spec)
-
-    def _retire(self, name: str, reason: str) -> None:
-        self.invoker.functions.pop(name, None)
-        self.invoker.rates.pop(name, None)
-        self.supervisors.remove(name, reason=reason)
 
     async def deploy(self, spec: FunctionSpec) -> None:
         """Deploy or update a function; persisted, so it survives a restart."""
         self._check_fits(spec)
         async with self._lock:
+            previous = self.store.read_bytes(spec.name)
             self.store.save(spec)
-            await self._apply(spec)
+            try:
+                await self.registry.apply(spec)
+            except BaseException:
+                # Refused or interrupted: the store keeps what it had before.
+                self.store.restore(spec.name, previous)
+                raise
         log.info("deployed function %s (%s, %s)", spec.name, spec.image, format_size(spec.memory))
 
     async def remove(self, name: str) -> None:
         self.spec(name)
         async with self._lock:
             self.store.delete(name)
-            self._retire(name, "removed")
+            self.registry.retire(name, "removed")
         log.info("removed function %s", name)
 
     async def scale(
         self, name: str, *, min_warm: int | None, max_containers: int | None
     ) -> FunctionSpec:
-        spec = self.spec(name)
-        new_min = spec.min_warm if min_warm is None else min_warm
-        new_max = spec.max_containers if max_containers is None else max_containers
-        if new_min < 0:
-            raise BadRequest(f"min_warm must be at least 0, got {new_min}", code="bad_spec")
-        if new_max < 1:
-            raise BadRequest(f"max_containers must be at least 1, got {new_max}", code="bad_spec")
-        if new_min > new_max:
-            raise BadRequest(
-                f"min_warm ({new_min}) must not exceed max_containers ({new_max})", code="bad_spec"
-            )
-        new = dataclasses.replace(spec, min_warm=new_min, max_containers=new_max)
+        self.spec(name)
         async with self._lock:
+            try:
+                new = self.registry.rescale(name, min_warm=min_warm, max_containers=max_containers)
+            except ConfigError as e:
+                raise BadRequest(f"scale: {e}", code="bad_spec") from e
             if new.name in self.store.names():
                 self.store.save(new)
-            self.invoker.functions[name] = new
-            pool = self.supervisors.pool(name)
-            if pool is not None:
-                pool.rescale(new_min, new_max)
-        log.info("scaled %s: min_warm=%d max_containers=%d", name, new_min, new_max)
+        log.info("scaled %s: min_warm=%d max_containers=%d", name, new.min_warm, new.max_containers)
         return new
 
     async def reload(self) -> ReloadResult:
@@ -219,8 +229,8 @@ class Operations:
             raise BadRequest(
                 f"config not reloaded, the running one stays: {e}", code="bad_config"
             ) from e
-        merged = merge_functions(config.functions, self.store.load())
-        for spec in merged.values():
+        merged = merge_functions(config.functions, self.store.load(self.policy.problem))
+        for spec in config.functions.values():
             try:
                 self._check_fits(spec)
             except BadRequest as e:
@@ -233,14 +243,14 @@ class Operations:
             if getattr(config, section) != getattr(self.config, section)
         ]
         async with self._lock:
-            current = dict(self.invoker.functions)
+            current = self.registry.specs()
             added = [n for n in merged if n not in current]
             changed = [n for n in merged if n in current and merged[n] != current[n]]
             removed = [n for n in current if n not in merged]
             for name in removed:
-                self._retire(name, "removed from the config")
+                self.registry.retire(name, "removed from the config")
             for name in added + changed:
-                await self._apply(merged[name])
+                await self.registry.apply(merged[name])
             self.config = dataclasses.replace(self.config, functions=config.functions)
         if ignored:
             log.warning("reload: changes to [%s] need a restart; ignored", "], [".join(ignored))
