@@ -123,13 +123,14 @@ class Daemon:
             queue_max=limits.queue_max,
             queue_wait=limits.queue_wait,
             transport=transport,
+            logs=logs,
         )
         memory.evictor = supervisors
         registry = FunctionRegistry(functions, supervisors)
         registry.on_retired.append(logs.forget)
         registry.on_retired.append(metrics.forget)
         stdio = StdioRunner(
-            docker, identity, max_response=config.daemon.max_response, janitor=janitor
+            docker, identity, max_response=config.daemon.max_response, janitor=janitor, logs=logs
         )
         calls = Calls(registry=registry, stdio=stdio, memory=memory, metrics=metrics, logs=logs)
         operations = Operations(

@@ -1,7 +1,7 @@
 """The ``stdio`` call format: one container per call.
 
 Request body → the container's stdin (hijacked attach stream), stdout → the
-response body, stderr → Kiln's log. Exit 0 → 200; any other exit → 502 with the
+response body, stderr → the function's log (:mod:`kiln.logs`). Exit 0 → 200; any other exit → 502 with the
 exit code and the tail of stderr; OOM-killed → 502 saying to raise ``memory``;
 over ``timeout`` → the container is killed and the caller gets 504.
 
@@ -30,6 +30,7 @@ from kiln.docker import (
 )
 from kiln.fncontract import PLAIN_POST, HttpRequest
 from kiln.functions.spec import FunctionSpec
+from kiln.logs.service import ContainerLog, Logs
 from kiln.trioutil import open_nursery
 from kiln.units import format_size
 
@@ -125,7 +126,12 @@ class OutputTooLarge(FunctionFailed):
 
 
 async def _pump(
-    stream: AttachStream, body: bytes, max_output: int, spec: FunctionSpec, call_id: str
+    stream: AttachStream,
+    body: bytes,
+    max_output: int,
+    spec: FunctionSpec,
+    call_id: str,
+    output: ContainerLog | None = None,
 ) -> tuple[bytes, StderrTail]:
     stdout = bytearray()
     stderr = StderrTail()
@@ -143,6 +149,7 @@ async def _pump(
     async with open_nursery() as nursery:
         nursery.start_soon(feed_stdin)
         while (frames := await stream.receive()) is not None:
+            err_frames = []
             for frame in frames:
                 if frame.stream == STDOUT:
                     stdout += frame.data
@@ -152,13 +159,20 @@ async def _pump(
                             "to stdout (the response limit, [daemon] max_response)"
                         )
                 else:
-                    for line in stderr.feed(frame.data):
-                        log.info(
-                            "stderr fn=%s call=%s: %s",
-                            spec.name,
-                            call_id,
-                            line.decode("utf-8", "replace"),
-                        )
+                    err_frames.append(frame)
+                    lines = stderr.feed(frame.data)
+                    if output is None:
+                        for line in lines:
+                            log.info(
+                                "stderr fn=%s call=%s: %s",
+                                spec.name,
+                                call_id,
+                                line.decode("utf-8", "replace"),
+                            )
+            if output is not None and err_frames:
+                output.feed(err_frames)  # stderr → the function's log (stdout is the answer)
+    if output is not None:
+        output.close()
     return bytes(stdout), stderr
 
 
@@ -172,6 +186,7 @@ async def run_stdio(
     max_output: int,
     janitor: Janitor | None = None,
     env: Mapping[str, str] | None = None,
+    logs: Logs | None = None,
 ) -> StdioOutput:
     """Run one ``stdio`` call in a fresh container; return its stdout and timings.
 
@@ -195,7 +210,10 @@ async def run_stdio(
             started = trio.current_time()
             with trio.move_on_after(spec.timeout) as scope:
                 try:
-                    stdout, stderr = await _pump(stream, body, max_output, spec, call_id)
+                    output = logs.container(spec.name, name) if logs is not None else None
+                    if output is not None:
+                        output.begin_call(call_id)
+                    stdout, stderr = await _pump(stream, body, max_output, spec, call_id, output)
                 except OutputTooLarge:
                     await docker.kill(cid)
                     raise
@@ -254,11 +272,13 @@ class StdioRunner:
         *,
         max_response: int,
         janitor: Janitor | None = None,
+        logs: Logs | None = None,
     ) -> None:
         self.docker = docker
         self.identity = identity
         self.max_response = max_response
         self.janitor = janitor
+        self.logs = logs
 
     async def run(
         self, spec: FunctionSpec, call_id: str, body: bytes, http: HttpRequest = PLAIN_POST
@@ -273,6 +293,7 @@ class StdioRunner:
                 max_output=self.max_response,
                 janitor=self.janitor,
                 env=http_env(http),
+                logs=self.logs,
             )
         except DockerError as e:
             raise docker_call_error(e, spec) from e

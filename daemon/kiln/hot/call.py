@@ -54,7 +54,7 @@ async def run_call(
         with trio.move_on_after(spec.timeout) as scope:
             response = await conn.call(request_headers, body)
     except FnProtocolError as e:
-        tail = c.log_tail.text()
+        tail = c.output_tail()
         return Outcome(
             error=FunctionFailed(
                 f"function {spec.name!r} "

@@ -1,4 +1,9 @@
-"""One hot container's life in Docker: create, start, ready, logs, exit, kill, remove.
+"""One hot container's life in Docker: create, start, ready, output, exit, kill, remove.
+
+Its output (stdout and stderr) is read once, from the attach stream opened
+before the container starts, and goes to the function's log
+(:mod:`kiln.logs`); the containers log to Docker's ``none`` driver, so dockerd
+keeps no copy.
 
 :class:`HotContainer` is what a supervisor holds for one container (its
 scheduling state lives in :mod:`kiln.hot.scheduler`); :class:`Launcher` does
@@ -17,20 +22,26 @@ import trio
 
 from kiln.admission.memory import Reservation
 from kiln.calls.errors import CallTimeout, FunctionFailed, docker_call_error
-from kiln.calls.stdio import StderrTail, remove_container
+from kiln.calls.stdio import remove_container
 from kiln.containers.janitor import Janitor
 from kiln.containers.spec import Identity, container_config
-from kiln.docker import STDOUT, DockerClient, DockerError, Frame
+from kiln.docker import DockerClient, DockerError
 from kiln.fncontract import container_env
 from kiln.functions.spec import FunctionSpec
 from kiln.hot.httpstream import FnProtocolError
 from kiln.hot.readiness import ListenerInvalid
 from kiln.hot.transport import HotConnection, ListenerTransport
+from kiln.logs.service import FRAME_NAME, ContainerLog, Logs
 
 log = logging.getLogger("kiln.hot")
 
 #: How long killing a broken container may take before the call answers anyway.
 KILL_TIMEOUT = 10.0
+#: How long a container that exited may take to deliver its last output.
+OUTPUT_GRACE = 1.0
+#: Fn's log framing: FDKs that honour it write ``kiln_call_id=<Fn-Call-Id>`` on
+#: stdout and stderr as each call starts, so lines are attributed exactly.
+LOGFRAME_ENV = {"FN_LOGFRAME_NAME": FRAME_NAME, "FN_LOGFRAME_HDR": "Fn-Call-Id"}
 
 
 def make_iofs_dir(path: Path) -> None:
@@ -57,11 +68,26 @@ class HotContainer:
     conn: HotConnection | None = None
     reservation: Reservation | None = None
     exit_code: int | None = None
-    log_tail: StderrTail = field(default_factory=StderrTail)
+    log: ContainerLog | None = None
+    output_done: trio.Event = field(default_factory=trio.Event)
     retire: trio.Event = field(default_factory=trio.Event)
     retire_reason: str = ""
     idle_deadline: float = math.inf
     _idle_scope: trio.CancelScope | None = None
+
+    def begin_call(self, call_id: str) -> None:
+        self.current_call = call_id
+        if self.log is not None:
+            self.log.begin_call(call_id)
+
+    def end_call(self) -> None:
+        self.current_call = None
+        if self.log is not None:
+            self.log.end_call()
+
+    def output_tail(self) -> str:
+        """The last lines this container wrote (for error messages)."""
+        return self.log.tail_text() if self.log is not None else ""
 
     def retire_now(self, reason: str) -> None:
         if not self.retire.is_set():
@@ -95,12 +121,14 @@ class Launcher:
         identity: Identity,
         transport: ListenerTransport,
         janitor: Janitor | None,
+        logs: Logs | None = None,
     ) -> None:
         self.spec = spec
         self.docker = docker
         self.identity = identity
         self.transport = transport
         self.janitor = janitor
+        self.logs = logs or Logs()
 
     async def start(
         self,
@@ -111,7 +139,7 @@ class Launcher:
     ) -> None:
         """Create and start ``c``, wait for its listener and connect. Raises CallError.
 
-        Its exit watcher and log follower run in ``nursery`` until it is cancelled;
+        Its exit watcher and output reader run in ``nursery`` until it is cancelled;
         ``on_exit`` is told when the container exits.
         """
         spec = self.spec
@@ -120,18 +148,20 @@ class Launcher:
             spec,
             self.identity,
             stdio=False,
-            env=container_env(spec.name, spec.memory, spec.env),
+            env={**container_env(spec.name, spec.memory, spec.env), **LOGFRAME_ENV},
             binds=[f"{iofs}:/tmp/iofs"],
         )
         try:
             c.create_sent = True
             c.cid = await self.docker.create_container(config, name=c.name)
+            c.log = self.logs.container(spec.name, c.name)
+            # Attached before it starts: not a line is lost.
+            await nursery.start(self._read_output, c)
             await self.docker.start(c.cid)
         except DockerError as e:
             raise docker_call_error(e, spec) from e
         exited = trio.Event()
         nursery.start_soon(self._watch_exit, c, exited, on_exit)
-        nursery.start_soon(self._follow_logs, c)
         socket_path: Path | None = None
         invalid: ListenerInvalid | None = None
         with trio.move_on_after(spec.start_timeout) as scope:
@@ -190,34 +220,33 @@ class Launcher:
         exited.set()
         on_exit(c)
 
-    async def _follow_logs(self, c: HotContainer) -> None:
+    async def _read_output(
+        self, c: HotContainer, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Read the container's stdout and stderr until it exits, one batch of
+        frames per read, into the function's log."""
         assert c.cid is not None
-
-        def on_frame(frame: Frame) -> None:
-            for line in c.log_tail.feed(frame.data):
-                log.info(
-                    "fn=%s call=%s %s: %s",
-                    self.spec.name,
-                    c.current_call or "-",
-                    "stdout" if frame.stream == STDOUT else "stderr",
-                    line.decode("utf-8", "replace"),
-                )
-
+        assert c.log is not None
+        started = False
         try:
-            await self.docker.follow_logs(c.cid, on_frame)
+            async with self.docker.attach(c.cid) as stream:
+                task_status.started()
+                started = True
+                feed = c.log.feed
+                while (frames := await stream.receive()) is not None:
+                    feed(frames)
         except DockerError as e:
-            log.debug("fn=%s container %s: log stream ended: %s", self.spec.name, c.name, e)
+            if not started:
+                raise
+            log.debug("fn=%s container %s: output stream ended: %s", self.spec.name, c.name, e)
+        finally:
+            c.log.close()
+            c.output_done.set()
 
     async def _log_tail(self, c: HotContainer) -> str:
-        if c.cid is None:
-            return c.log_tail.text()
-        try:
-            with trio.move_on_after(5):
-                out, err = await self.docker.logs(c.cid, tail=20)
-                return (out + err).decode("utf-8", "replace").strip()[-2000:]
-        except DockerError:
-            pass
-        return c.log_tail.text()
+        with trio.move_on_after(OUTPUT_GRACE):
+            await c.output_done.wait()
+        return c.output_tail()
 
     async def kill(self, c: HotContainer) -> None:
         """Kill a broken container, shielded and bounded: the caller (and the next call)

@@ -49,6 +49,7 @@ from kiln.hot.scheduler import (
     Start,
 )
 from kiln.hot.transport import ListenerTransport, UnixTransport
+from kiln.logs.service import Logs
 
 log = logging.getLogger("kiln.hot")
 
@@ -115,6 +116,7 @@ class Supervisor:
         queue_wait: float = 10.0,
         janitor: Janitor | None = None,
         transport: ListenerTransport | None = None,
+        logs: Logs | None = None,
     ) -> None:
         self.spec = spec
         self.memory = memory
@@ -128,6 +130,7 @@ class Supervisor:
             identity=identity,
             transport=transport or UnixTransport(),
             janitor=janitor,
+            logs=logs,
         )
         self.scheduler = Scheduler(
             max_containers=spec.max_containers,
@@ -309,7 +312,7 @@ class Supervisor:
         cold = waited and first
         start = (c.ready_at - max(t0, c.created_at)) if cold else 0.0
         queue = (t_got - t0) - start
-        c.current_call = call_id
+        c.begin_call(call_id)
         c.calls += 1
         broken: str | None = "call cancelled"
         try:
@@ -318,7 +321,7 @@ class Supervisor:
         finally:
             if broken is not None:
                 await self.launcher.kill(c)
-            c.current_call = None
+            c.end_call()
             self._apply(self.scheduler.call_done(c.seq, trio.current_time(), broken))
         if outcome.error is not None:
             raise outcome.error

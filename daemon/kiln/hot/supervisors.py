@@ -21,6 +21,7 @@ from kiln.docker import DockerClient
 from kiln.functions.spec import FunctionSpec
 from kiln.hot.supervisor import Supervisor, SupervisorStatistics
 from kiln.hot.transport import ListenerTransport
+from kiln.logs.service import Logs
 
 log = logging.getLogger("kiln.hot")
 
@@ -41,9 +42,11 @@ class Supervisors:
         queue_wait: float,
         janitor: Janitor | None = None,
         transport: ListenerTransport | None = None,
+        logs: Logs | None = None,
     ) -> None:
         self.janitor = janitor
         self.transport = transport
+        self.logs = logs
         self.docker = docker
         self.memory = memory
         self.identity = identity
@@ -86,6 +89,7 @@ class Supervisors:
             queue_wait=self.queue_wait,
             janitor=self.janitor,
             transport=self.transport,
+            logs=self.logs,
         )
         scope = trio.CancelScope()
         self.by_name[spec.name] = supervisor
