@@ -35,6 +35,8 @@ class Outcome:
     answer: Answer | None = None
     error: CallError | None = None
     broken: str | None = None
+    #: The connection broke mid-call: the container may have died (e.g. OOM-killed).
+    lost: bool = False
 
 
 async def run_call(
@@ -67,6 +69,7 @@ async def run_call(
                 code="function_error",
             ),
             broken=f"protocol error: {e}",
+            lost=True,
         )
     if scope.cancelled_caught:
         return Outcome(

@@ -313,6 +313,9 @@ class Supervisor:
         broken: str | None = "call cancelled"
         try:
             outcome = await run_call(self.spec, c, call_id, body, headers, http)
+            if outcome.lost and outcome.error is not None:
+                why = await self.launcher.why_lost(c, outcome.error)
+                outcome = dataclasses.replace(outcome, error=why)
             broken = outcome.broken
         finally:
             if broken is not None:
