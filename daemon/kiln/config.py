@@ -28,6 +28,7 @@ from kiln.units import GiB, MiB
 MAX_SOCKET_PATH = 107
 
 __all__ = [
+    "AsyncConfig",
     "Config",
     "ConfigError",
     "DaemonConfig",
@@ -55,6 +56,10 @@ class DaemonConfig:
     control_group: str = "kiln"
     state_dir: str = "/var/lib/kiln"
     run_dir: str = "/run/kiln"
+    #: A request body must arrive within this many seconds of its head (else 408).
+    body_timeout: float = 60.0
+    #: Open invoke connections; 0: derived from RLIMIT_NOFILE.
+    max_connections: int = 0
     auth: str = "none"  # "none" | "token": bearer tokens for the invoke API
     allow_unauthenticated: bool = False  # listen beyond loopback without auth
 
@@ -78,6 +83,19 @@ class LimitsConfig:
     networks: tuple[str, ...] = ()
     #: Size of the tmpfs holding hot containers' listener dirs (``run_dir/iofs``).
     iofs_size: int = 64 * MiB
+
+
+@dataclass(frozen=True)
+class AsyncConfig:
+    """``[async]``: the durable queue of async calls (kiln.asyncq)."""
+
+    #: "sqlite" (a file under [daemon] state_dir) or a "postgresql://…" URL.
+    store: str = "sqlite"
+    queue_max: int = 100_000
+    #: Seconds finished calls (and their idempotency keys) are kept.
+    retention: float = 24 * 3600.0
+    #: This host's name in the store ("" = "<hostname>/<daemon id>").
+    host: str = ""
 
 
 @dataclass(frozen=True)
@@ -107,6 +125,7 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     docker: DockerConfig = field(default_factory=DockerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    async_: AsyncConfig = field(default_factory=AsyncConfig)
     logs: LogsConfig = field(default_factory=LogsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     functions: Mapping[str, FunctionSpec] = field(default_factory=dict)
@@ -159,6 +178,8 @@ def _daemon(t: Table) -> DaemonConfig:
         control_group=t.string("control_group", d.control_group, max_length=256),
         state_dir=_dir(t, "state_dir", d.state_dir),
         run_dir=_dir(t, "run_dir", d.run_dir),
+        body_timeout=t.number("body_timeout", d.body_timeout, exclusive_minimum=0, maximum=3600),
+        max_connections=t.integer("max_connections", d.max_connections, minimum=0, maximum=1 << 20),
         auth=t.string("auth", d.auth, choices=AUTH_MODES),
         allow_unauthenticated=t.boolean("allow_unauthenticated", d.allow_unauthenticated),
     )
@@ -249,6 +270,21 @@ def _limits(t: Table) -> LimitsConfig:
     return out
 
 
+def _async(t: Table) -> AsyncConfig:
+    d = AsyncConfig()
+    store = t.string("store", d.store)
+    if store != "sqlite" and not store.startswith(("postgresql://", "postgres://")):
+        fail(t.key("store"), f'must be "sqlite" or a postgresql:// URL, got {store!r}')
+    out = AsyncConfig(
+        store=store,
+        queue_max=t.integer("queue_max", d.queue_max, minimum=0),
+        retention=t.number("retention", d.retention, minimum=0),
+        host=t.string("host", d.host),
+    )
+    t.done()
+    return out
+
+
 def _networks(t: Table) -> tuple[str, ...]:
     names = t.string_list("networks", max_items=256, allow_empty=True)
     if names is None:
@@ -272,6 +308,7 @@ def parse(
     daemon = _daemon(top.table("daemon"))
     docker = _docker(top.table("docker"))
     limits = _limits(top.table("limits"))
+    async_ = _async(top.table("async"))
     logs = _logs(top.table("logs"))
     metrics = _metrics(top.table("metrics"))
     if metrics.require_token and daemon.auth != "token":
@@ -292,6 +329,7 @@ def parse(
         daemon=daemon,
         docker=docker,
         limits=limits,
+        async_=async_,
         logs=logs,
         metrics=metrics,
         functions=functions,

@@ -35,6 +35,8 @@ from kiln.admission.hostmem import plan_capacity, read_host_resources
 from kiln.admission.ratelimit import DockerLimiter
 from kiln.api.control import AnotherKilnRunning, open_control_socket
 from kiln.api.operations import Operations, merge_functions
+from kiln.asyncq.queue import default_host, open_store
+from kiln.asyncq.store import Store, StoreError
 from kiln.calls.errors import CallError
 from kiln.config import Config
 from kiln.containers.spec import Identity
@@ -44,7 +46,7 @@ from kiln.functions.policy import HostPolicy, host_cpus
 from kiln.functions.spec import FunctionSpec
 from kiln.functions.store import FunctionStore
 from kiln.hot.iofs import IofsRoot, IofsUnsafe
-from kiln.http import open_listeners, serve_asgi
+from kiln.http import Limits, open_listeners, serve_asgi
 from kiln.logs.journal import open_forwarder
 from kiln.logs.service import Logs
 from kiln.metrics import Metrics
@@ -57,6 +59,24 @@ log = logging.getLogger("kiln.daemon")
 
 #: How long the servers may take to finish writing responses once the drain is over.
 SERVER_GRACE = 2.0
+
+#: Caller headers Kiln accepts on the invoke API, and so forwards to a function:
+#: few and small enough for the HTTP servers inside function images (some take
+#: no more than 100 headers or an 8 KiB head), with room for Kiln's own.
+INVOKE_MAX_HEADERS = 64
+INVOKE_MAX_HEADER_BYTES = 6 * 1024
+#: The control API's clients are the operator's tools: a small, fixed cap.
+CONTROL_LIMITS = Limits(max_connections=64)
+
+
+def invoke_limits(config: Config) -> Limits:
+    """What the invoke API accepts from callers (see :class:`kiln.http.Limits`)."""
+    return Limits(
+        body_timeout=config.daemon.body_timeout,
+        max_headers=INVOKE_MAX_HEADERS,
+        max_header_bytes=INVOKE_MAX_HEADER_BYTES,
+        max_connections=config.daemon.max_connections or None,
+    )
 
 
 class FatalStartupError(Exception):
@@ -164,6 +184,7 @@ async def run_daemon(
             observer=metrics.observe_docker,
         ) as docker:
             await check_docker(docker)
+            async_store = await open_async_store(config)
             daemon = Daemon.build(
                 config,
                 docker=docker,
@@ -176,6 +197,7 @@ async def run_daemon(
                 metrics=metrics,
                 limiter=limiter,
                 host=host,
+                async_store=async_store,
                 logs=logs,
             )
             if daemon.tokens is not None and not len(daemon.tokens):
@@ -230,6 +252,7 @@ async def run_daemon(
                                 invoke_listeners,
                                 shutdown=servers_stop,
                                 grace=SERVER_GRACE,
+                                limits=invoke_limits(config),
                             )
                         )
                         await n.start(
@@ -239,6 +262,7 @@ async def run_daemon(
                                 control_listeners,
                                 shutdown=servers_stop,
                                 grace=SERVER_GRACE,
+                                limits=CONTROL_LIMITS,
                             )
                         )
                         task_status.started(binds)
@@ -255,7 +279,7 @@ async def run_daemon(
                 task_status.started(binds)
 
                 await drain_requested.wait()
-                calls.drain()
+                daemon.drain()
                 await notifier.stopping()
                 n = calls.inflight
                 log.info(
@@ -274,6 +298,8 @@ async def run_daemon(
                 # Cancel the tree: servers stop, calls still running are cancelled, and
                 # every container task removes its container (shielded, bounded).
                 root.cancel_scope.cancel()
+            if daemon.asyncq is not None:
+                await daemon.asyncq.store.close()
     finally:
         iofs.close()
         with contextlib.suppress(OSError):
@@ -281,6 +307,21 @@ async def run_daemon(
         notifier.close()
         logs.close()
     log.info("kiln stopped")
+
+
+async def open_async_store(config: Config) -> Store:
+    """Open ``[async] store`` (in a thread: it may connect to a database and
+    create or migrate its schema)."""
+    try:
+        store = await trio.to_thread.run_sync(open_store, config)
+    except StoreError as e:
+        raise FatalStartupError(f"[async] store: {e}") from e
+    log.info(
+        "async calls: %s store, host %s",
+        "shared PostgreSQL" if store.shared else "SQLite",
+        default_host(config),
+    )
+    return store
 
 
 def status_line(controller: Operations) -> str:

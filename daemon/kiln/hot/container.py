@@ -106,11 +106,13 @@ class Launcher:
         runtime: ContainerRuntime,
         identity: Identity,
         transport: ListenerTransport,
+        max_response: int,
     ) -> None:
         self.spec = spec
         self.runtime = runtime
         self.identity = identity
         self.transport = transport
+        self.max_response = max_response
 
     @asynccontextmanager
     async def claim(self, c: HotContainer) -> AsyncIterator[None]:
@@ -199,7 +201,7 @@ class Launcher:
                 )
         assert socket_path is not None
         try:
-            c.conn = await self.transport.connect(socket_path)
+            c.conn = await self.transport.connect(socket_path, max_response=self.max_response)
         except (OSError, FnProtocolError) as e:
             raise FunctionFailed(
                 f"function {spec.name!r}: cannot connect to its listener: {e}", code="start_failed"
