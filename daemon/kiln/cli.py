@@ -12,14 +12,13 @@ import json
 import logging
 import os
 import sys
-import tomllib
 from collections.abc import Sequence
 from typing import Any
 
 import trio
 
 from kiln import __version__
-from kiln.config import ConfigError, load
+from kiln.config import ConfigError, load, read_toml
 from kiln.functions.fnyaml import is_fn_yaml, load_fn_yaml
 from kiln.functions.spec import parse_function
 from kiln.units import format_size
@@ -47,7 +46,7 @@ def _setup_logging(level: str) -> None:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from kiln.main import FatalStartupError, run_daemon
+    from kiln.main import FatalStartupError, check_functions_fit, host_policy, run_daemon
 
     try:
         config = load(args.config)
@@ -55,6 +54,13 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         print(f"kiln: bad config: {e}", file=sys.stderr)
         return 2
     if args.check:
+        # The same checks the daemon makes before it starts, against this host.
+        policy = host_policy(config)
+        try:
+            check_functions_fit(config.functions.values(), policy)
+        except FatalStartupError as e:
+            print(f"kiln: bad config: {e}", file=sys.stderr)
+            return 2
         print(f"{args.config}: ok ({len(config.functions)} function(s))")
         return 0
     _setup_logging(config.daemon.log_level)
@@ -183,11 +189,14 @@ def read_deploy_file(path: str) -> dict[str, dict[str, Any]]:
         return {fn.name: fn.table}
     try:
         with open(path, "rb") as f:
-            raw = tomllib.load(f)
+            text = f.read().decode("utf-8")
+        raw = read_toml(text, path)
     except OSError as e:
         raise CliError(f"cannot read {path}: {e.strerror or e}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise CliError(f"{path}: not valid TOML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise CliError(f"{path}: not UTF-8 text: {e.reason} at byte {e.start}") from e
+    except ConfigError as e:
+        raise CliError(str(e)) from e
     if "functions" in raw:
         fns = raw["functions"]
         if not isinstance(fns, dict) or set(raw) != {"functions"}:

@@ -199,6 +199,7 @@ class _Server:
         "limits",
         "max_connections",
         "open",
+        "pending_accepts",
         "reading",
         "shutdown",
     )
@@ -216,6 +217,8 @@ class _Server:
         self.closed = ParkingLot()  # a connection closed
         self.evictable = ParkingLot()  # a connection closed or became evictable
         self.accept_log = LogThrottle(ACCEPT_LOG_INTERVAL)
+        #: Cancel scopes of accept() calls waiting (one per listener).
+        self.pending_accepts: set[trio.CancelScope] = set()
 
     def close_idle(self) -> None:
         for handle in list(self.idle):
@@ -238,6 +241,13 @@ class _Server:
         if group is not None:
             group[handle] = None
             self.evictable.unpark_all()
+        elif self._full():
+            for scope in self.pending_accepts:
+                scope.cancel()  # nothing left to evict: stop accepting for now
+
+    def _full(self) -> bool:
+        """At the cap with every connection busy with a request: accept nothing."""
+        return self.open >= self.max_connections and not (self.idle or self.reading)
 
     # ---------------------------------------------------------------- accepting
 
@@ -245,10 +255,17 @@ class _Server:
         self, listener: trio.abc.Listener[trio.abc.Stream], nursery: trio.Nursery
     ) -> None:
         while True:
-            while self.open >= self.max_connections and not (self.idle or self.reading):
+            while self._full():
                 await self.evictable.park()  # every connection is busy with a request
             try:
-                stream = await listener.accept()
+                with trio.CancelScope() as scope:
+                    self.pending_accepts.add(scope)
+                    try:
+                        stream = await listener.accept()
+                    finally:
+                        self.pending_accepts.discard(scope)
+                if scope.cancelled_caught:
+                    continue  # became full meanwhile
             except OSError as e:
                 if e.errno not in _ACCEPT_CAPACITY_ERRORS:
                     raise
