@@ -107,6 +107,7 @@ HEADER_VALUES = st.one_of(
     ),
     st.binary(max_size=32),
 )
+HEADERS_NONE = st.tuples(st.just(b""), st.just(b""))
 LINE_ENDS = st.sampled_from([b"\r\n", b"\r\n", b"\r\n", b"\n"])
 
 
@@ -163,9 +164,7 @@ GOOD_HEADERS = st.tuples(
 )
 
 
-def mostly(
-    good: st.SearchStrategy[bytes], bad: st.SearchStrategy[bytes]
-) -> st.SearchStrategy[bytes]:
+def mostly(good: st.SearchStrategy[T], bad: st.SearchStrategy[T]) -> st.SearchStrategy[T]:
     """``good`` four times in five: most requests get far enough to reach a function."""
     return st.sampled_from([good, good, good, good, bad]).flatmap(lambda chosen: chosen)
 
@@ -261,12 +260,12 @@ def exchange(host: str, port: int, request: RawRequest, *, timeout: float = 5.0)
     return Exchange(_parse(raw, request.head)[0], raw, time.monotonic() - t0)
 
 
-def _first_response_complete(raw: bytes, head: bool) -> bool:
-    statuses, complete = _parse(raw, head)
+def _first_response_complete(raw: bytes, head_request: bool) -> bool:
+    statuses, complete = _parse(raw, head_request)
     return any(status >= 200 for status in statuses[:complete])
 
 
-def _parse(raw: bytes, head: bool = False) -> tuple[list[int], int]:
+def _parse(raw: bytes, head_request: bool = False) -> tuple[list[int], int]:
     """Status codes of the responses that begin in ``raw``, and how many of them
     are complete (Content-Length framed, chunked, or without a body: 1xx, 204,
     304, and the first final one when ``head``)."""
@@ -281,11 +280,11 @@ def _parse(raw: bytes, head: bool = False) -> tuple[list[int], int]:
         head, sep, rest = raw.partition(b"\r\n\r\n")
         if not sep:
             break
-        if status < 200 or status in (204, 304) or head:
+        if status < 200 or status in (204, 304) or head_request:
             complete += 1
             raw = rest
             if status >= 200:
-                head = False
+                head_request = False
             continue
         length = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
         if length is not None:
