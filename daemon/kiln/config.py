@@ -28,6 +28,7 @@ from kiln.units import GiB, MiB
 MAX_SOCKET_PATH = 107
 
 __all__ = [
+    "AsyncConfig",
     "Config",
     "ConfigError",
     "DaemonConfig",
@@ -80,6 +81,21 @@ class LimitsConfig:
     async_fraction: float = 0.5
     #: User-defined Docker networks functions may join (beside "none" and "bridge").
     networks: tuple[str, ...] = ()
+    #: Size of the tmpfs holding hot containers' listener dirs (``run_dir/iofs``).
+    iofs_size: int = 64 * MiB
+
+
+@dataclass(frozen=True)
+class AsyncConfig:
+    """``[async]``: the durable queue of async calls (kiln.asyncq)."""
+
+    #: "sqlite" (a file under [daemon] state_dir) or a "postgresql://…" URL.
+    store: str = "sqlite"
+    queue_max: int = 100_000
+    #: Seconds finished calls (and their idempotency keys) are kept.
+    retention: float = 24 * 3600.0
+    #: This host's name in the store ("" = "<hostname>/<daemon id>").
+    host: str = ""
 
 
 @dataclass(frozen=True)
@@ -109,6 +125,7 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     docker: DockerConfig = field(default_factory=DockerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    async_: AsyncConfig = field(default_factory=AsyncConfig)
     logs: LogsConfig = field(default_factory=LogsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     functions: Mapping[str, FunctionSpec] = field(default_factory=dict)
@@ -247,6 +264,22 @@ def _limits(t: Table) -> LimitsConfig:
         queue_wait=t.number("queue_wait", d.queue_wait, minimum=0, maximum=MAX_SECONDS),
         async_fraction=t.number("async_fraction", d.async_fraction, minimum=0, maximum=1),
         networks=_networks(t),
+        iofs_size=t.size("iofs_size", d.iofs_size, minimum=MiB, maximum=64 * GiB),
+    )
+    t.done()
+    return out
+
+
+def _async(t: Table) -> AsyncConfig:
+    d = AsyncConfig()
+    store = t.string("store", d.store)
+    if store != "sqlite" and not store.startswith(("postgresql://", "postgres://")):
+        fail(t.key("store"), f'must be "sqlite" or a postgresql:// URL, got {store!r}')
+    out = AsyncConfig(
+        store=store,
+        queue_max=t.integer("queue_max", d.queue_max, minimum=0),
+        retention=t.number("retention", d.retention, minimum=0),
+        host=t.string("host", d.host),
     )
     t.done()
     return out
@@ -275,6 +308,7 @@ def parse(
     daemon = _daemon(top.table("daemon"))
     docker = _docker(top.table("docker"))
     limits = _limits(top.table("limits"))
+    async_ = _async(top.table("async"))
     logs = _logs(top.table("logs"))
     metrics = _metrics(top.table("metrics"))
     if metrics.require_token and daemon.auth != "token":
@@ -295,6 +329,7 @@ def parse(
         daemon=daemon,
         docker=docker,
         limits=limits,
+        async_=async_,
         logs=logs,
         metrics=metrics,
         functions=functions,

@@ -26,6 +26,7 @@ import os
 import signal
 from collections.abc import Callable, Iterable
 from functools import partial
+from pathlib import Path
 
 import trio
 
@@ -34,6 +35,8 @@ from kiln.admission.hostmem import plan_capacity, read_host_resources
 from kiln.admission.ratelimit import DockerLimiter
 from kiln.api.control import AnotherKilnRunning, open_control_socket
 from kiln.api.operations import Operations, merge_functions
+from kiln.asyncq.queue import default_host, open_store
+from kiln.asyncq.store import Store, StoreError
 from kiln.calls.errors import CallError
 from kiln.config import Config
 from kiln.containers.spec import Identity
@@ -42,6 +45,7 @@ from kiln.docker import DockerClient, DockerError, DockerTimeout, DockerUnreacha
 from kiln.functions.policy import HostPolicy, host_cpus
 from kiln.functions.spec import FunctionSpec
 from kiln.functions.store import FunctionStore
+from kiln.hot.iofs import IofsRoot, IofsUnsafe
 from kiln.http import Limits, open_listeners, serve_asgi
 from kiln.logs.journal import open_forwarder
 from kiln.logs.service import Logs
@@ -166,7 +170,12 @@ async def run_daemon(
         )
     except (AnotherKilnRunning, OSError) as e:
         raise FatalStartupError(f"control socket {config.daemon.control_socket}: {e}") from e
+    iofs = IofsRoot(Path(config.daemon.run_dir) / "iofs", config.limits.iofs_size)
     try:
+        try:
+            iofs.prepare()
+        except (IofsUnsafe, OSError) as e:
+            raise FatalStartupError(f"listener dirs: {e}") from e
         async with DockerClient(
             config.docker.socket,
             timeout=config.docker.timeout,
@@ -175,6 +184,7 @@ async def run_daemon(
             observer=metrics.observe_docker,
         ) as docker:
             await check_docker(docker)
+            async_store = await open_async_store(config)
             daemon = Daemon.build(
                 config,
                 docker=docker,
@@ -187,6 +197,7 @@ async def run_daemon(
                 metrics=metrics,
                 limiter=limiter,
                 host=host,
+                async_store=async_store,
                 logs=logs,
             )
             if daemon.tokens is not None and not len(daemon.tokens):
@@ -225,6 +236,7 @@ async def run_daemon(
                 # Before serving: what a crashed run left is gone before we start anew
                 # (bounded in time; see kiln.containers.sweep).
                 await sweep_orphans(docker, identity)
+                iofs.sweep(keep=identity.instance)
                 await root.start(daemon.run)
                 servers_down = trio.Event()
                 servers_stop = trio.Event()
@@ -267,7 +279,7 @@ async def run_daemon(
                 task_status.started(binds)
 
                 await drain_requested.wait()
-                calls.drain()
+                daemon.drain()
                 await notifier.stopping()
                 n = calls.inflight
                 log.info(
@@ -286,12 +298,30 @@ async def run_daemon(
                 # Cancel the tree: servers stop, calls still running are cancelled, and
                 # every container task removes its container (shielded, bounded).
                 root.cancel_scope.cancel()
+            if daemon.asyncq is not None:
+                await daemon.asyncq.store.close()
     finally:
+        iofs.close()
         with contextlib.suppress(OSError):
             os.unlink(config.daemon.control_socket)
         notifier.close()
         logs.close()
     log.info("kiln stopped")
+
+
+async def open_async_store(config: Config) -> Store:
+    """Open ``[async] store`` (in a thread: it may connect to a database and
+    create or migrate its schema)."""
+    try:
+        store = await trio.to_thread.run_sync(open_store, config)
+    except StoreError as e:
+        raise FatalStartupError(f"[async] store: {e}") from e
+    log.info(
+        "async calls: %s store, host %s",
+        "shared PostgreSQL" if store.shared else "SQLite",
+        default_host(config),
+    )
+    return store
 
 
 def status_line(controller: Operations) -> str:

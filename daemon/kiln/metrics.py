@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from kiln.admission.hostmem import HostResources
     from kiln.admission.memory import MemoryBudget
     from kiln.admission.ratelimit import DockerLimiter
+    from kiln.asyncq.dispatcher import Dispatcher
+    from kiln.asyncq.queue import AsyncQueue
     from kiln.calls.lifecycle import Calls
     from kiln.containers.janitor import Janitor
     from kiln.functions.registry import FunctionRegistry
@@ -112,6 +114,14 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.async_store = Histogram(
+            "kiln_async_store_seconds",
+            "Async store operations by kind (accept, claim, finish, ...)",
+            ["operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
     def observe_call(
         self,
         function: str,
@@ -147,6 +157,13 @@ class Metrics:
                     self.phase.remove(function, phase)
             with contextlib.suppress(KeyError):
                 self.total.remove(function)
+
+    def observe_async_store(self, operation: str, seconds: float) -> None:
+        self.async_store.labels(operation).observe(seconds)
+
+    def attach_async(self, queue: AsyncQueue, dispatcher: Dispatcher) -> None:
+        """Read the async queue's figures at every scrape."""
+        self.registry.register(_AsyncCollector(queue, dispatcher))
 
     def observe_docker(self, operation: str, status: str, seconds: float) -> None:
         self.docker.labels(operation_label(operation), status).observe(seconds)
@@ -289,3 +306,40 @@ class _StateCollector(Collector):
         yield allowed
         yield rejected
         yield tokens
+
+
+class _AsyncCollector(Collector):
+    """The async queue: what happened to calls here, and the queue as last read
+    from the store (refreshed whenever the dispatcher goes idle)."""
+
+    def __init__(self, queue: AsyncQueue, dispatcher: Dispatcher) -> None:
+        self.queue = queue
+        self.dispatcher = dispatcher
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        c = self.queue.counters
+        events = CounterMetricFamily(
+            "kiln_async_calls", "Async calls by event on this host", labels=["event"]
+        )
+        for event in ("accepted", "started", "succeeded", "failed", "retried", "cancelled"):
+            events.add_metric([event], getattr(c, event))
+        yield events
+        depth = GaugeMetricFamily(
+            "kiln_async_queue_depth", "Async calls in the store by state", labels=["state"]
+        )
+        depth.add_metric(["queued"], c.stats.queued)
+        depth.add_metric(["running"], c.stats.running)
+        yield depth
+        oldest = c.stats.oldest_due
+        yield GaugeMetricFamily(
+            "kiln_async_oldest_due_age_seconds",
+            "How long the oldest due async call has waited (0: none due)",
+            value=0.0 if oldest is None else max(0.0, self.queue.clock.now() - oldest),
+        )
+        held = GaugeMetricFamily(
+            "kiln_async_held_bytes", "Memory held by async calls running here, and the cap",
+            labels=["kind"],
+        )
+        held.add_metric(["held"], self.dispatcher.held)
+        held.add_metric(["share"], self.dispatcher.async_capacity)
+        yield held

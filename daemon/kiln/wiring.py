@@ -16,6 +16,7 @@ harness builds the same daemon on the fake Docker engine.
     Tokens ──────────── bearer tokens of the invoke API (auth = "token")
     InvokeApp, ControlApp ── HTTP in front of Calls and Operations (the invoke
                              app behind AccessGate: tokens and CORS)
+    AsyncQueue, Dispatcher ── async calls: the durable queue and what runs it (kiln.asyncq)
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ from kiln.api.auth import Tokens, tokens_path
 from kiln.api.control import ControlApp
 from kiln.api.invoke import InvokeApp
 from kiln.api.operations import Operations
+from kiln.asyncq.clock import WallClock
+from kiln.asyncq.dispatcher import Dispatcher
+from kiln.asyncq.http import CallsRoutes
+from kiln.asyncq.queue import AsyncQueue, default_host
+from kiln.asyncq.store import Store
 from kiln.calls.lifecycle import Calls
 from kiln.calls.stdio import StdioRunner
 from kiln.config import Config, LogsConfig
@@ -82,6 +88,8 @@ class Daemon:
     tokens: Tokens | None
     invoke_app: ASGIApp
     control_app: ControlApp
+    asyncq: AsyncQueue | None = None
+    dispatcher: Dispatcher | None = None
 
     @classmethod
     def build(
@@ -100,10 +108,13 @@ class Daemon:
         transport: ListenerTransport | None = None,
         policy: HostPolicy | None = None,
         logs: Logs | None = None,
+        async_store: Store | None = None,
+        async_clock: WallClock | None = None,
     ) -> Daemon:
         """Wire the parts; nothing runs until :meth:`run`. ``functions`` is the
         table to start with (the config's merged with the deployed ones);
-        ``transport`` replaces the Unix-socket connection to hot containers."""
+        ``transport`` replaces the Unix-socket connection to hot containers;
+        ``async_store`` (opened by the caller: opening may block) enables async calls."""
         metrics = metrics or Metrics(per_function=config.metrics.per_function)
         logs = logs or Logs(log_settings(config.logs, config.daemon.state_dir))
         tokens = (
@@ -123,6 +134,7 @@ class Daemon:
             memory=memory,
             identity=identity,
             iofs_root=Path(config.daemon.run_dir) / "iofs" / identity.instance,
+            max_response=config.daemon.max_response,
             queue_max=limits.queue_max,
             queue_wait=limits.queue_wait,
             transport=transport,
@@ -156,6 +168,36 @@ class Daemon:
             janitor=janitor,
             host=host,
         )
+        invoke_app = InvokeApp(calls, max_body=config.daemon.max_body, metrics=metrics)
+        control_app = ControlApp(operations, logs=logs, tokens=tokens)
+        asyncq: AsyncQueue | None = None
+        dispatcher: Dispatcher | None = None
+        if async_store is not None:
+            asyncq = AsyncQueue(
+                async_store,
+                host=default_host(config),
+                queue_max=config.async_.queue_max,
+                retention=config.async_.retention,
+                dsn=config.async_.store if async_store.shared else None,
+                clock=async_clock,
+                observer=metrics.observe_async_store,
+            )
+            dispatcher = Dispatcher(
+                asyncq,
+                calls,
+                registry.specs,
+                async_capacity=memory.statistics().async_capacity,
+                queue_wait=limits.queue_wait,
+                max_response=config.daemon.max_response,
+            )
+            invoke_app.calls_routes = CallsRoutes(
+                asyncq, registry.__contains__, max_body=config.daemon.max_body
+            )
+            control_app.calls_routes = CallsRoutes(
+                asyncq, registry.__contains__, max_body=config.daemon.max_body, listing=True
+            )
+            operations.asyncq = asyncq
+            metrics.attach_async(asyncq, dispatcher)
         return cls(
             config=config,
             docker=docker,
@@ -170,23 +212,36 @@ class Daemon:
             logs=logs,
             tokens=tokens,
             invoke_app=AccessGate(
-                InvokeApp(calls, max_body=config.daemon.max_body, metrics=metrics),
+                invoke_app,
                 tokens=tokens,
                 metrics_need_token=config.metrics.require_token,
                 origins=lambda name: cors_origins(registry, name),
             ),
-            control_app=ControlApp(operations, logs=logs, tokens=tokens),
+            control_app=control_app,
+            asyncq=asyncq,
+            dispatcher=dispatcher,
         )
 
     def close(self) -> None:
         self.logs.close()
 
+    def drain(self) -> None:
+        """Stop taking calls (sync and async); calls in flight go on."""
+        self.calls.drain()
+        if self.asyncq is not None:
+            self.asyncq.accepting = False
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the janitor and the supervisors (which prewarm ``min_warm``
-        containers) until cancelled; cancelling removes every container."""
+        """Run the janitor, the supervisors (which prewarm ``min_warm``
+        containers) and the async dispatcher until cancelled; cancelling removes
+        every container and puts running async calls back in the queue."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.janitor.run)
             await nursery.start(self.supervisors.run, self.registry.specs())
+            if self.dispatcher is not None:
+                await nursery.start(self.dispatcher.run)
             task_status.started()
 
 

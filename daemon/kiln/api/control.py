@@ -26,7 +26,7 @@ import dataclasses
 import json
 import logging
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln.api.auth import TokenError, Tokens
 from kiln.api.invoke import new_call_id, run_call
@@ -38,6 +38,9 @@ from kiln.http.asgi import ClientGone, Receive, Scope, Send, error_body, lifespa
 from kiln.http.listeners import SocketInUse, bind_unix
 from kiln.logs.http import serve_logs
 from kiln.logs.service import Logs
+
+if TYPE_CHECKING:
+    from kiln.asyncq.http import CallsRoutes
 
 log = logging.getLogger("kiln.control")
 
@@ -70,6 +73,8 @@ class ControlApp:
         self.c = controller
         self.logs = logs
         self.tokens = tokens
+        #: ``/calls`` (async calls), when enabled.
+        self.calls_routes: CallsRoutes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -84,6 +89,9 @@ class ControlApp:
             # Kiln-Timing, cancellation when the caller leaves.
             max_body = self.c.config.daemon.max_body
             await run_call(self.c.calls, scope, receive, send, call_id, parts[1], max_body)
+            return
+        if parts[:1] == ["calls"] and self.calls_routes is not None:
+            await self.calls_routes.route(scope, receive, send)
             return
         if len(parts) == 3 and parts[0::2] == ["functions", "logs"] and scope["method"] == "GET":
             await self._logs(scope, receive, send, call_id, parts[1])

@@ -17,12 +17,17 @@ import logging
 import math
 import secrets
 from functools import partial
+from typing import TYPE_CHECKING
 
+from kiln.asyncq.headers import is_async
 from kiln.calls.errors import CallError
 from kiln.calls.lifecycle import CallerGone, Calls
 from kiln.fncontract import INVOKE_METHODS, HttpRequest, split_invoke_target
 from kiln.http.asgi import ClientGone, Receive, Scope, Send, error_body, lifespan, read_body
 from kiln.metrics import CONTENT_TYPE, Metrics
+
+if TYPE_CHECKING:
+    from kiln.asyncq.http import CallsRoutes
 
 log = logging.getLogger("kiln.api")
 
@@ -159,6 +164,8 @@ class InvokeApp:
         self.calls = calls
         self.max_body = max_body
         self.metrics = metrics
+        #: Async calls (``Kiln-Invoke-Type: async``) and ``/calls``, when enabled.
+        self.calls_routes: CallsRoutes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -183,7 +190,14 @@ class InvokeApp:
                 await not_allowed(send, call_id, *INVOKE_METHODS)
                 return
             name, http = invoke_target(scope)
+            if self.calls_routes is not None and is_async(scope["headers"]):
+                await self.calls_routes.accept(scope, receive, send, name, http)
+                return
             await run_call(self.calls, scope, receive, send, call_id, name, self.max_body, http)
+        elif self.calls_routes is not None and await self.calls_routes.route(
+            scope, receive, send
+        ):
+            return
         else:
             await send_error(
                 send, call_id, CallError(f"no route {path}", status=404, code="not_found")

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -30,6 +30,9 @@ from kiln.functions.spec import FunctionSpec
 from kiln.functions.store import FunctionStore
 from kiln.hot.supervisors import Supervisors
 from kiln.units import format_size
+
+if TYPE_CHECKING:
+    from kiln.asyncq.queue import AsyncQueue
 
 log = logging.getLogger("kiln.operations")
 
@@ -85,6 +88,8 @@ class Operations:
         self.host = host
         self.started_at = trio.current_time()
         self._lock = trio.Lock()  # one change at a time
+        #: The async queue, when enabled (its figures go into /status).
+        self.asyncq: AsyncQueue | None = None
 
     # ---- queries -------------------------------------------------------------
 
@@ -171,6 +176,7 @@ class Operations:
             "host": (
                 {"cpus": self.host.cpus, "cpu_source": self.host.cpu_source} if self.host else None
             ),
+            "async": self.asyncq.status() if self.asyncq is not None else None,
         }
 
     # ---- changes -------------------------------------------------------------

@@ -130,6 +130,7 @@ class Calls:
         call_id: str,
         headers: Iterable[tuple[bytes, bytes]] = (),
         caller_gone: Callable[[], Awaitable[None]] | None = None,
+        is_async: bool = False,
         http: HttpRequest | None = None,
         client: str = "-",
     ) -> CallResult:
@@ -144,6 +145,8 @@ class Calls:
         it (a call with no one waiting on a connection) the call runs to its end
         unless the calling task is cancelled. ``client`` (who called: an address,
         with ``X-Forwarded-For`` when a proxy sent it) goes into the call's log line.
+        ``is_async``: an async call (the
+        dispatcher's), whose ``stdio`` memory counts toward the async share.
         """
         t0 = trio.current_time()
         fn: Function | None = None
@@ -159,7 +162,9 @@ class Calls:
             if fn.rate is not None:
                 fn.rate.check()
             request = Request(list(headers), http or PLAIN_POST)
-            result = await self._run_watched(fn, body, call_id, request, caller_gone, timings)
+            result = await self._run_watched(
+                fn, body, call_id, request, caller_gone, timings, is_async
+            )
         except CallerGone:
             result = CallResult(CALLER_GONE, timings=timings)
         except CallError as e:
@@ -196,13 +201,14 @@ class Calls:
         request: Request,
         caller_gone: Callable[[], Awaitable[None]] | None,
         timings: Timings,
+        is_async: bool = False,
     ) -> CallResult:
         self.inflight += 1
         if self._idle.is_set():
             self._idle = trio.Event()
         try:
             if caller_gone is None:
-                return await self._run(fn, body, call_id, request, timings)
+                return await self._run(fn, body, call_id, request, timings, is_async)
             result: CallResult | None = None
             async with open_nursery() as nursery:
 
@@ -212,7 +218,7 @@ class Calls:
 
                 nursery.start_soon(watch)
                 try:
-                    result = await self._run(fn, body, call_id, request, timings)
+                    result = await self._run(fn, body, call_id, request, timings, is_async)
                 finally:
                     nursery.cancel_scope.cancel()
             return result if result is not None else CallResult(CALLER_GONE, timings=timings)
@@ -222,7 +228,13 @@ class Calls:
                 self._idle.set()
 
     async def _run(
-        self, fn: Function, body: bytes, call_id: str, request: Request, timings: Timings
+        self,
+        fn: Function,
+        body: bytes,
+        call_id: str,
+        request: Request,
+        timings: Timings,
+        is_async: bool = False,
     ) -> CallResult:
         """Run the call; ``timings`` holds what is known so far if it raises."""
         spec = fn.spec
@@ -236,7 +248,7 @@ class Calls:
             done = Timings(hot.queue, hot.start, hot.run, hot.cold)
             return CallResult(hot.status, hot.body, hot.headers, done)
         t0 = trio.current_time()
-        async with self.memory.reserve(spec.memory, owner=spec.name):
+        async with self.memory.reserve(spec.memory, owner=spec.name, is_async=is_async):
             admitted = trio.current_time()
             timings.queue = admitted - t0
             timings.cold = True

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import trio
 
-from kiln.calls.errors import CallError, CallTimeout, FunctionFailed
+from kiln.calls.errors import CallError, CallTimeout, FunctionFailed, OutputTooLarge
 from kiln.containers.logtail import StderrTail
 from kiln.containers.runtime import ContainerRuntime, docker_failures
 from kiln.containers.spec import Identity, container_config, container_name
@@ -85,10 +85,6 @@ def http_env(http: HttpRequest) -> dict[str, str]:
         "KILN_HTTP_PATH": http.path,
         "KILN_HTTP_QUERY": http.query,
     }
-
-
-class OutputTooLarge(FunctionFailed):
-    code = "output_too_large"
 
 
 async def _pump(

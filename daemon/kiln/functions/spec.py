@@ -67,6 +67,17 @@ class FunctionSpec:
     pids_limit: int = 128
     user: str = DEFAULT_USER
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call it ("*": any)
+    # Async calls (kiln.asyncq): retries after a retryable failure; whether a
+    # function error (502) is retried too; how many of its async calls run at
+    # once (None: max_containers).
+    retries: int = 2
+    retry_on_error: bool = False
+    async_concurrency: int | None = None
+
+    @property
+    def async_limit(self) -> int:
+        """How many of this function's async calls may run at once."""
+        return self.async_concurrency or self.max_containers
 
     def to_json(self) -> dict[str, Any]:
         """The spec as a JSON/TOML-shaped table that :func:`parse_function` reads back."""
@@ -90,6 +101,10 @@ class FunctionSpec:
             out["cpus"] = self.cpus
         if self.rate is not None:
             out["rate"] = self.rate
+        out["retries"] = self.retries
+        out["retry_on_error"] = self.retry_on_error
+        if self.async_concurrency is not None:
+            out["async_concurrency"] = self.async_concurrency
         if self.cors_origins:
             out["cors_origins"] = list(self.cors_origins)
         return out
@@ -197,6 +212,11 @@ def parse_function(name: str, raw: object, path: str) -> FunctionSpec:
             t.key("user"),
             f'must be "UID", "UID:GID", "NAME" or "NAME:GROUP", got {show(user)}',
         )
+    retries = t.integer("retries", d.retries, minimum=0)
+    retry_on_error = t.boolean("retry_on_error", d.retry_on_error)
+    async_concurrency = (
+        t.integer("async_concurrency", 1, minimum=1) if t.has("async_concurrency") else None
+    )
     cors_origins = _origins(t, "cors_origins")
     t.done()
     return FunctionSpec(
@@ -215,6 +235,9 @@ def parse_function(name: str, raw: object, path: str) -> FunctionSpec:
         rate=rate,
         network=network,
         pids_limit=pids_limit,
+        retries=retries,
+        retry_on_error=retry_on_error,
+        async_concurrency=async_concurrency,
         user=user,
         cors_origins=cors_origins,
     )

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 import trio
 
-from kiln.calls.errors import CallError, CallTimeout, FunctionFailed
+from kiln.calls.errors import CallError, CallTimeout, FunctionFailed, OutputTooLarge
 from kiln.fncontract import HttpRequest, Verdict, call_request_headers, interpret_response
 from kiln.functions.spec import FunctionSpec
 from kiln.hot.container import HotContainer
-from kiln.hot.httpstream import FnProtocolError
+from kiln.hot.httpstream import FnProtocolError, ResponseTooLarge
+from kiln.units import format_size
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class Outcome:
     answer: Answer | None = None
     error: CallError | None = None
     broken: str | None = None
+    #: The connection broke mid-call: the container may have died (e.g. OOM-killed).
+    lost: bool = False
 
 
 async def run_call(
@@ -44,8 +47,11 @@ async def run_call(
     body: bytes,
     headers: Iterable[tuple[bytes, bytes]],
     http: HttpRequest | None = None,
+    *,
+    max_response: int,
 ) -> Outcome:
-    """Run one call on ``c``, bounded by the function's timeout."""
+    """Run one call on ``c``, bounded by the function's timeout; ``max_response`` is
+    the limit ``c``'s connection enforces (named in the error)."""
     conn = c.conn
     assert conn is not None
     deadline_unix = time.time() + spec.timeout
@@ -53,6 +59,14 @@ async def run_call(
     try:
         with trio.move_on_after(spec.timeout) as scope:
             response = await conn.call(request_headers, body)
+    except ResponseTooLarge as e:
+        return Outcome(
+            error=OutputTooLarge(
+                f"function {spec.name!r} answered more than {format_size(max_response)} "
+                "(the response limit, [daemon] max_response); its container was killed"
+            ),
+            broken=str(e),
+        )
     except FnProtocolError as e:
         tail = c.log_tail.text()
         return Outcome(
@@ -67,6 +81,7 @@ async def run_call(
                 code="function_error",
             ),
             broken=f"protocol error: {e}",
+            lost=True,
         )
     if scope.cancelled_caught:
         return Outcome(

@@ -20,6 +20,8 @@ import trio
 
 from kiln.admission.memory import Reservation
 from kiln.calls.errors import CallError, CallTimeout, FunctionFailed
+from kiln.calls.stdio import ExitInfo
+from kiln.calls.stdio import outcome as exit_outcome
 from kiln.containers.logtail import StderrTail
 from kiln.containers.runtime import Box, ContainerRuntime
 from kiln.containers.spec import Identity, container_config
@@ -31,6 +33,11 @@ from kiln.hot.readiness import ListenerInvalid
 from kiln.hot.transport import HotConnection, ListenerTransport
 
 log = logging.getLogger("kiln.hot")
+
+#: After a call's connection broke: how long to wait for Docker to report the exit.
+EXIT_REPORT_WAIT = 1.0
+#: How long asking Docker whether a container was OOM-killed may take.
+OOM_CHECK_TIMEOUT = 5.0
 
 
 def make_iofs_dir(path: Path) -> None:
@@ -59,6 +66,7 @@ class HotContainer:
     exit_code: int | None = None
     log_tail: StderrTail = field(default_factory=StderrTail)
     retire: trio.Event = field(default_factory=trio.Event)
+    exited: trio.Event = field(default_factory=trio.Event)
     retire_reason: str = ""
     idle_deadline: float = math.inf
     _idle_scope: trio.CancelScope | None = None
@@ -98,11 +106,13 @@ class Launcher:
         runtime: ContainerRuntime,
         identity: Identity,
         transport: ListenerTransport,
+        max_response: int,
     ) -> None:
         self.spec = spec
         self.runtime = runtime
         self.identity = identity
         self.transport = transport
+        self.max_response = max_response
 
     @asynccontextmanager
     async def claim(self, c: HotContainer) -> AsyncIterator[None]:
@@ -171,6 +181,12 @@ class Launcher:
             if exited.is_set():
                 tail = await self.runtime.log_tail(box)
                 tail = c.log_tail.text() if tail is None else tail
+                oom = await self.out_of_memory(c, tail)
+                if oom is not None:
+                    raise FunctionFailed(
+                        f"{oom.message} (the container died before it was ready)",
+                        code=oom.code,
+                    )
                 raise FunctionFailed(
                     f"function {spec.name!r} failed to initialize: its container exited "
                     f"(code {c.exit_code}) before it was ready"
@@ -185,7 +201,7 @@ class Launcher:
                 )
         assert socket_path is not None
         try:
-            c.conn = await self.transport.connect(socket_path)
+            c.conn = await self.transport.connect(socket_path, max_response=self.max_response)
         except (OSError, FnProtocolError) as e:
             raise FunctionFailed(
                 f"function {spec.name!r}: cannot connect to its listener: {e}", code="start_failed"
@@ -203,6 +219,7 @@ class Launcher:
         except CallError as e:
             log.warning("fn=%s container %s: lost track of it: %s", self.spec.name, c.name, e)
         exited.set()
+        c.exited.set()
         on_exit(c)
 
     async def _follow_logs(self, c: HotContainer, box: Box) -> None:
@@ -217,6 +234,29 @@ class Launcher:
                 )
 
         await self.runtime.follow_logs(box, on_frame)
+
+    async def out_of_memory(self, c: HotContainer, tail: str) -> CallError | None:
+        """The caller's ``out_of_memory`` error if ``c`` (which has exited) was
+        OOM-killed, else None. Never raises."""
+        if c.box is None or c.exit_code is None:
+            return None
+        try:
+            with trio.move_on_after(OOM_CHECK_TIMEOUT):
+                oom = await self.runtime.oom_killed(c.box)
+        except CallError:
+            oom = False
+        error = exit_outcome(self.spec, ExitInfo(c.exit_code, oom, tail))
+        return error if error is not None and error.code == "out_of_memory" else None
+
+    async def why_lost(self, c: HotContainer, error: CallError) -> CallError:
+        """A call's connection broke: if the container died of its memory limit, say
+        so (``out_of_memory``, "raise `memory`"), else keep ``error``. Waits a moment
+        for Docker to report the exit. Never raises."""
+        with trio.move_on_after(EXIT_REPORT_WAIT):
+            await c.exited.wait()
+        if not c.exited.is_set():
+            return error
+        return await self.out_of_memory(c, c.log_tail.text()) or error
 
     async def kill(self, c: HotContainer) -> None:
         """Kill a broken container (shielded, bounded, never raises): the caller and the

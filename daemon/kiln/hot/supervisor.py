@@ -110,6 +110,7 @@ class Supervisor:
         memory: MemoryBudget,
         identity: Identity,
         iofs_root: Path,
+        max_response: int,
         queue_max: int = 100,
         queue_wait: float = 10.0,
         transport: ListenerTransport | None = None,
@@ -125,6 +126,7 @@ class Supervisor:
             runtime=runtime,
             identity=identity,
             transport=transport or UnixTransport(),
+            max_response=max_response,
         )
         self.scheduler = Scheduler(
             max_containers=spec.max_containers,
@@ -312,7 +314,12 @@ class Supervisor:
         c.calls += 1
         broken: str | None = "call cancelled"
         try:
-            outcome = await run_call(self.spec, c, call_id, body, headers, http)
+            outcome = await run_call(
+                self.spec, c, call_id, body, headers, http, max_response=self.launcher.max_response
+            )
+            if outcome.lost and outcome.error is not None:
+                why = await self.launcher.why_lost(c, outcome.error)
+                outcome = dataclasses.replace(outcome, error=why)
             broken = outcome.broken
         finally:
             if broken is not None:

@@ -36,6 +36,7 @@ class Supervisors:
         memory: MemoryBudget,
         identity: Identity,
         iofs_root: Path,
+        max_response: int,
         queue_max: int,
         queue_wait: float,
         transport: ListenerTransport | None = None,
@@ -45,6 +46,7 @@ class Supervisors:
         self.memory = memory
         self.identity = identity
         self.iofs_root = iofs_root
+        self.max_response = max_response
         self.queue_max = queue_max
         self.queue_wait = queue_wait
         self.by_name: dict[str, Supervisor] = {}
@@ -79,6 +81,7 @@ class Supervisors:
             memory=self.memory,
             identity=self.identity,
             iofs_root=self.iofs_root,
+            max_response=self.max_response,
             queue_max=self.queue_max,
             queue_wait=self.queue_wait,
             transport=self.transport,
