@@ -81,6 +81,8 @@ class LimitsConfig:
     async_fraction: float = 0.5
     #: User-defined Docker networks functions may join (beside "none" and "bridge").
     networks: tuple[str, ...] = ()
+    #: Size of the tmpfs holding hot containers' listener dirs (``run_dir/iofs``).
+    iofs_size: int = 64 * MiB
 
 
 @dataclass(frozen=True)
@@ -262,6 +264,7 @@ def _limits(t: Table) -> LimitsConfig:
         queue_wait=t.number("queue_wait", d.queue_wait, minimum=0, maximum=MAX_SECONDS),
         async_fraction=t.number("async_fraction", d.async_fraction, minimum=0, maximum=1),
         networks=_networks(t),
+        iofs_size=t.size("iofs_size", d.iofs_size, minimum=MiB, maximum=64 * GiB),
     )
     t.done()
     return out

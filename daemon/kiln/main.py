@@ -26,6 +26,7 @@ import os
 import signal
 from collections.abc import Callable, Iterable
 from functools import partial
+from pathlib import Path
 
 import trio
 
@@ -44,6 +45,7 @@ from kiln.docker import DockerClient, DockerError, DockerTimeout, DockerUnreacha
 from kiln.functions.policy import HostPolicy, host_cpus
 from kiln.functions.spec import FunctionSpec
 from kiln.functions.store import FunctionStore
+from kiln.hot.iofs import IofsRoot, IofsUnsafe
 from kiln.http import Limits, open_listeners, serve_asgi
 from kiln.logs.journal import open_forwarder
 from kiln.logs.service import Logs
@@ -168,7 +170,12 @@ async def run_daemon(
         )
     except (AnotherKilnRunning, OSError) as e:
         raise FatalStartupError(f"control socket {config.daemon.control_socket}: {e}") from e
+    iofs = IofsRoot(Path(config.daemon.run_dir) / "iofs", config.limits.iofs_size)
     try:
+        try:
+            iofs.prepare()
+        except (IofsUnsafe, OSError) as e:
+            raise FatalStartupError(f"listener dirs: {e}") from e
         async with DockerClient(
             config.docker.socket,
             timeout=config.docker.timeout,
@@ -229,6 +236,7 @@ async def run_daemon(
                 # Before serving: what a crashed run left is gone before we start anew
                 # (bounded in time; see kiln.containers.sweep).
                 await sweep_orphans(docker, identity)
+                iofs.sweep(keep=identity.instance)
                 await root.start(daemon.run)
                 servers_down = trio.Event()
                 servers_stop = trio.Event()
@@ -293,6 +301,7 @@ async def run_daemon(
             if daemon.asyncq is not None:
                 await daemon.asyncq.store.close()
     finally:
+        iofs.close()
         with contextlib.suppress(OSError):
             os.unlink(config.daemon.control_socket)
         notifier.close()

@@ -36,6 +36,8 @@ class Outcome:
     answer: Answer | None = None
     error: CallError | None = None
     broken: str | None = None
+    #: The connection broke mid-call: the container may have died (e.g. OOM-killed).
+    lost: bool = False
 
 
 async def run_call(
@@ -66,7 +68,7 @@ async def run_call(
             broken=str(e),
         )
     except FnProtocolError as e:
-        tail = c.log_tail.text()
+        tail = c.output_tail()
         return Outcome(
             error=FunctionFailed(
                 f"function {spec.name!r} "
@@ -79,6 +81,7 @@ async def run_call(
                 code="function_error",
             ),
             broken=f"protocol error: {e}",
+            lost=True,
         )
     if scope.cancelled_caught:
         return Outcome(
