@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from kiln.api.invoke import InvokeApp
+#: Any ASGI app (the invoke API, the control API).
+App = Callable[[Any, Any, Any], Awaitable[None]]
 
 
 @dataclass
@@ -22,7 +24,7 @@ class Reply:
 
 
 async def request(
-    app: InvokeApp,
+    app: App,
     method: str,
     path: str,
     body: bytes = b"",
@@ -58,5 +60,5 @@ async def request(
         "path": path,
         "headers": [(b"content-length", str(len(body)).encode()), *(headers or [])],
     }
-    await app(scope, receive, send)  # type: ignore[arg-type]
+    await app(scope, receive, send)
     return reply

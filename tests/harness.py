@@ -15,6 +15,7 @@ from pathlib import Path
 
 import trio
 
+from kiln.admission.hostmem import HostResources
 from kiln.admission.memory import MemoryBudget
 from kiln.api.control import ControlApp
 from kiln.api.invoke import InvokeApp
@@ -117,6 +118,7 @@ async def stack(
     queue_max: int = 100,
     queue_wait: float = 10.0,
     config_source: str = "<harness>",
+    host: HostResources | None = None,
 ) -> AsyncIterator[Stack]:
     """Build and run a daemon on the fake engine with functions ``fns`` (as if from
     the config file at ``config_source``); its state and run dirs are temporary."""
@@ -134,10 +136,14 @@ async def stack(
             source=config_source,
         )
         drain_requested = trio.Event()
+        metrics = Metrics()
         async with (
             FakeDocker() as fake,
             DockerClient(
-                "/fake/docker.sock", timeout=docker_timeout, **fake.client_kwargs()
+                "/fake/docker.sock",
+                timeout=docker_timeout,
+                observer=metrics.observe_docker,
+                **fake.client_kwargs(),
             ) as docker,
         ):
             store = FunctionStore(config.daemon.state_dir)
@@ -149,7 +155,9 @@ async def stack(
                 store=store,
                 capacity=capacity,
                 on_drain=drain_requested.set,
+                metrics=metrics,
                 transport=FakeTransport(fake),
+                host=host,
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(daemon.run)
