@@ -22,8 +22,8 @@ import trio
 from _common import PYTHON, KeepAliveClient, kiln_daemon, percentile
 from kiln.docker import DockerClient
 from kiln.fncontract import call_request_headers, container_env
-from kiln.httpstream import FnConnection
-from kiln.readiness import wait_for_listener
+from kiln.hot.httpstream import FnConnection
+from kiln.hot.readiness import wait_for_listener
 
 BODY = b"hello kiln " * 10
 Call = Callable[[], Awaitable[None]]

@@ -1,5 +1,5 @@
 """HTTP server benchmark: a trivial ASGI app (echoes the request body) served by
-(a) hypercorn's Trio worker and (b) kiln.httpserver.serve_asgi.
+(a) hypercorn's Trio worker and (b) kiln.http.serve_asgi.
 
     python bench/server.py [--seconds 3] [--clients 64]
 
@@ -24,8 +24,7 @@ import psutil
 import trio
 
 from _common import KeepAliveClient, free_port
-from kiln.api.invoke import lifespan
-from kiln.httpserver import Receive, Scope, Send
+from kiln.http.asgi import Receive, Scope, Send, lifespan
 
 BODY = b"hello kiln " * 10
 
@@ -69,7 +68,7 @@ async def serve_hypercorn(port: int) -> None:
 
 
 async def serve_kiln(port: int) -> None:
-    from kiln.httpserver import open_listeners, serve_asgi
+    from kiln.http import open_listeners, serve_asgi
 
     listeners = await open_listeners(f"127.0.0.1:{port}")
     await serve_asgi(echo_app, listeners, shutdown=trio.Event(), grace=1.0)

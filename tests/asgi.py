@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-#: Any ASGI app (the invoke API, the control API).
-App = Callable[[Any, Any, Any], Awaitable[None]]
+from kiln.api.access import ASGIApp
 
 
 @dataclass
@@ -24,7 +22,7 @@ class Reply:
 
 
 async def request(
-    app: App,
+    app: ASGIApp,
     method: str,
     path: str,
     body: bytes = b"",
@@ -54,11 +52,14 @@ async def request(
         elif message["type"] == "http.response.body":
             reply.body += message.get("body", b"")
 
+    raw_path, _, query = path.partition("?")
     scope = {
         "type": "http",
         "method": method,
-        "path": path,
+        "path": raw_path,
+        "raw_path": raw_path.encode(),
+        "query_string": query.encode(),
         "headers": [(b"content-length", str(len(body)).encode()), *(headers or [])],
     }
-    await app(scope, receive, send)
+    await app(scope, receive, send)  # type: ignore[arg-type]
     return reply

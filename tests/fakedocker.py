@@ -35,7 +35,7 @@ import trio
 import trio.testing
 
 from kiln.docker.frames import STDERR, STDOUT, encode_frame
-from kiln.httpstream import FnProtocolError, FnResponse
+from kiln.hot.httpstream import MAX_RESPONSE, FnProtocolError, FnResponse, ResponseTooLarge
 
 
 class Proc:
@@ -111,6 +111,18 @@ async def hot_500(proc: Proc) -> int:
     return 0
 
 
+async def hot_big(proc: Proc) -> int:
+    """Answers as many bytes as the request body says."""
+
+    async def handler(
+        headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        return 200, [(b"Fn-Http-Status", b"200")], b"x" * int(body)
+
+    await proc.listen(handler)
+    return 0
+
+
 async def hot_never_binds(proc: Proc) -> int:
     await trio.sleep(3600)
     return 0
@@ -152,6 +164,13 @@ async def oom(proc: Proc) -> int:
     return 137
 
 
+async def printenv(proc: Proc) -> int:
+    """Writes its environment, one ``KEY=value`` a line."""
+    await proc.read_all()
+    await proc.out("".join(f"{e}\n" for e in proc.container.config.get("Env") or []).encode())
+    return 0
+
+
 async def dies(proc: Proc) -> int:
     """Dies right after start, without reading its input."""
     return 139
@@ -164,9 +183,11 @@ DEFAULT_PROGRAMS: dict[str, Program] = {
     "slowcat": slow_cat,
     "oom": oom,
     "dies": dies,
+    "printenv": printenv,
     "hot_echo": hot_echo,
     "hot_slow": hot_slow,
     "hot_500": hot_500,
+    "hot_big": hot_big,
     "hot_never_binds": hot_never_binds,
     "hot_exits": hot_exits,
 }
@@ -525,8 +546,9 @@ class FakeDocker:
 class FakeConnection:
     """A keep-alive connection to a fake hot container: calls its handler."""
 
-    def __init__(self, container: FakeContainer) -> None:
+    def __init__(self, container: FakeContainer, max_response: int = MAX_RESPONSE) -> None:
         self.container = container
+        self.max_response = max_response
 
     async def call(self, headers: list[tuple[bytes, bytes]], body: bytes) -> FnResponse:
         c = self.container
@@ -549,6 +571,8 @@ class FakeConnection:
         if not result:
             raise FnProtocolError("the function closed the connection")
         status, resp_headers, resp_body = result[0]
+        if len(resp_body) > self.max_response:
+            raise ResponseTooLarge(self.max_response)
         return FnResponse(status, resp_headers, resp_body)
 
     async def aclose(self) -> None:
@@ -573,6 +597,8 @@ class FakeTransport:
         await c.listening.wait()
         return Path("/fake") / c.id
 
-    async def connect(self, socket_path: Path) -> FakeConnection:
+    async def connect(
+        self, socket_path: Path, *, max_response: int = MAX_RESPONSE
+    ) -> FakeConnection:
         await trio.lowlevel.checkpoint()
-        return FakeConnection(self.fake.containers[socket_path.name])
+        return FakeConnection(self.fake.containers[socket_path.name], max_response)

@@ -17,19 +17,21 @@ import trio
 
 from kiln.admission.hostmem import HostResources
 from kiln.admission.memory import MemoryBudget
+from kiln.api.access import ASGIApp
 from kiln.api.control import ControlApp
-from kiln.api.invoke import InvokeApp
 from kiln.api.operations import Operations
+from kiln.asyncq.clock import WallClock
+from kiln.asyncq.store import Store
 from kiln.calls.lifecycle import Calls
-from kiln.config import Config, DaemonConfig, LimitsConfig, parse
+from kiln.config import AsyncConfig, Config, DaemonConfig, LimitsConfig, parse
 from kiln.containers.janitor import Janitor
 from kiln.containers.spec import Identity
 from kiln.docker import DockerClient
 from kiln.functions.registry import FunctionRegistry
 from kiln.functions.spec import FunctionSpec
 from kiln.functions.store import FunctionStore
+from kiln.hot.supervisors import Supervisors
 from kiln.metrics import Metrics
-from kiln.supervisors import Supervisors
 from kiln.units import GiB
 from kiln.wiring import Daemon
 from tests.fakedocker import FakeDocker, FakeTransport
@@ -81,7 +83,7 @@ class Stack:
         return self.daemon.metrics
 
     @property
-    def app(self) -> InvokeApp:
+    def app(self) -> ASGIApp:
         return self.daemon.invoke_app
 
     @property
@@ -119,6 +121,9 @@ async def stack(
     queue_wait: float = 10.0,
     config_source: str = "<harness>",
     host: HostResources | None = None,
+    async_store: Store | None = None,
+    async_config: AsyncConfig | None = None,
+    async_fraction: float = 0.5,
 ) -> AsyncIterator[Stack]:
     """Build and run a daemon on the fake engine with functions ``fns`` (as if from
     the config file at ``config_source``); its state and run dirs are temporary."""
@@ -131,7 +136,10 @@ async def stack(
                 state_dir=str(root / "state"),
                 run_dir=str(root / "run"),
             ),
-            limits=LimitsConfig(queue_max=queue_max, queue_wait=queue_wait),
+            limits=LimitsConfig(
+                queue_max=queue_max, queue_wait=queue_wait, async_fraction=async_fraction
+            ),
+            async_=async_config or AsyncConfig(),
             functions=dict(fns),
             source=config_source,
         )
@@ -158,6 +166,8 @@ async def stack(
                 metrics=metrics,
                 transport=FakeTransport(fake),
                 host=host,
+                async_store=async_store,
+                async_clock=WallClock(1_000_000.0) if async_store is not None else None,
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(daemon.run)

@@ -1,7 +1,7 @@
 """The Fn project's ``http-stream`` call contract, as pure functions (no I/O but one ``lstat``).
 
-This module says *what* is exchanged with a hot container; :mod:`kiln.readiness`
-and :mod:`kiln.httpstream` do the waiting and the socket I/O.
+This module says *what* is exchanged with a hot container; :mod:`kiln.hot.readiness`
+and :mod:`kiln.hot.httpstream` do the waiting and the socket I/O.
 
 The contract (what an unchanged Fn function image expects):
 
@@ -14,8 +14,12 @@ The contract (what an unchanged Fn function image expects):
   name only appears once the socket listens). Anything else is a failed start
   (:func:`check_listener`).
 * Each call is ``POST /call`` on that socket (HTTP/1.1 keep-alive, one request
-  at a time) with ``Fn-Call-Id``, ``Fn-Deadline`` and the caller's end-to-end
-  headers (:func:`call_request_headers`).
+  at a time), shaped as Fn's HTTP trigger shapes it (:func:`call_request_headers`):
+  ``Fn-Call-Id``, ``Fn-Deadline``, ``Fn-Intent: httprequest``,
+  ``Fn-Http-Method`` and ``Fn-Http-Request-Url`` (the caller's method, and the
+  path after ``/invoke/NAME`` plus the query string, :class:`HttpRequest`), the
+  caller's end-to-end headers as ``Fn-Http-H-<Name>``, and ``Content-Type``
+  also as itself (FDKs read the body's type from it).
 * The answer (:func:`interpret_response`): 200 → the call's result, with the
   caller-facing status in ``Fn-Http-Status`` and caller headers as
   ``Fn-Http-H-<name>``; 502 → the function failed, the container is kept;
@@ -119,30 +123,96 @@ def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
     return frozenset(tokens)
 
 
-def call_request_headers(
-    call_id: str, deadline_unix: float, caller_headers: Iterable[tuple[bytes, bytes]]
-) -> list[tuple[bytes, bytes]]:
-    """The headers of ``POST /call``: ``Fn-Call-Id``, ``Fn-Deadline``, then the caller's.
+#: The methods a function can be invoked with (``/invoke/NAME`` answers others with 405).
+INVOKE_METHODS: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
-    Dropped from the caller's headers: hop-by-hop ones (:data:`HOP_BY_HOP` and
-    any named in ``Connection:``), ``Host`` and ``Content-Length`` (the client
-    sets those), ``Expect`` (the body is already read), and every ``Fn-*`` header — that namespace belongs to the
-    runner, so a caller cannot forge ``Fn-Call-Id``, ``Fn-Deadline`` or the
-    response-side ``Fn-Http-*`` headers. Names keep their spelling; values are
-    passed unchanged (the invoke API's HTTP server has already validated them).
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """The caller's request as a function sees it: its method and its URL.
+
+    ``url`` is the path after ``/invoke/NAME`` (``/`` when there is none) plus
+    ``?query`` when the caller sent one, as the caller spelled them
+    (percent-encoding kept): ``/invoke/thumbs/a%20b?w=64`` → ``/a%20b?w=64``.
     """
+
+    method: str = "POST"
+    url: str = "/"
+
+    @property
+    def path(self) -> str:
+        return self.url.partition("?")[0]
+
+    @property
+    def query(self) -> str:
+        return self.url.partition("?")[2]
+
+
+#: A call with no HTTP request of its own behind it (the control API's invoke, a benchmark).
+PLAIN_POST = HttpRequest()
+
+
+def split_invoke_target(rest: bytes, query: bytes) -> tuple[str, str]:
+    """``rest`` is the raw path after ``/invoke/``: → (function name, :attr:`HttpRequest.url`).
+
+    >>> split_invoke_target(b"thumbs/a/b", b"w=64")
+    ('thumbs', '/a/b?w=64')
+    """
+    name, slash, sub = rest.partition(b"/")
+    url = (b"/" + sub if slash else b"/") + (b"?" + query if query else b"")
+    return name.decode("latin-1"), url.decode("latin-1")
+
+
+def call_request_headers(
+    call_id: str,
+    deadline_unix: float,
+    caller_headers: Iterable[tuple[bytes, bytes]],
+    http: HttpRequest | None = None,
+) -> list[tuple[bytes, bytes]]:
+    """The headers of ``POST /call``, as Fn's HTTP trigger sends them.
+
+    ``Fn-Call-Id``, ``Fn-Deadline``, ``Fn-Intent: httprequest``,
+    ``Fn-Http-Method``, ``Fn-Http-Request-Url``, then each forwarded caller
+    header as ``Fn-Http-H-<Name>`` (and ``Content-Type`` also as itself).
+
+    Not forwarded: hop-by-hop headers (:data:`HOP_BY_HOP` and any named in
+    ``Connection:``), ``Host`` and ``Content-Length`` (the client sets those),
+    ``Expect`` (the body is already read), and every ``Fn-*`` header — that
+    namespace belongs to the runner, so a caller cannot forge ``Fn-Call-Id``,
+    ``Fn-Deadline``, the trigger's headers or the response-side ``Fn-Http-*``
+    ones. Names keep their spelling; values are passed unchanged (the invoke
+    API's HTTP server has already validated them).
+    """
+    http = http or PLAIN_POST
     out: list[tuple[bytes, bytes]] = [
         (b"Fn-Call-Id", call_id.encode("ascii")),
         (b"Fn-Deadline", format_deadline(deadline_unix).encode("ascii")),
+        (b"Fn-Intent", b"httprequest"),
+        (b"Fn-Http-Method", http.method.encode("latin-1")),
+        (b"Fn-Http-Request-Url", http.url.encode("latin-1")),
     ]
+    for name, value in forwarded_headers(caller_headers):
+        if name.lower() == _CONTENT_TYPE:
+            out.append((name, value))
+        out.append((b"Fn-Http-H-" + name, value))
+    return out
+
+
+def forwarded_headers(
+    caller_headers: Iterable[tuple[bytes, bytes]],
+) -> list[tuple[bytes, bytes]]:
+    """The caller's end-to-end headers that reach a function (see :func:`call_request_headers`)."""
     headers = list(caller_headers)
     extra_hop = _connection_tokens(headers)
-    for name, value in headers:
-        lower = name.lower()
-        if lower in _NOT_FORWARDED or lower.startswith(_FN_PREFIX) or lower in extra_hop:
-            continue
-        out.append((name, value))
-    return out
+    return [
+        (name, value)
+        for name, value in headers
+        if not (
+            (lower := name.lower()) in _NOT_FORWARDED
+            or lower.startswith(_FN_PREFIX)
+            or lower in extra_hop
+        )
+    ]
 
 
 # ---- the response ----------------------------------------------------------

@@ -13,7 +13,9 @@ Put it next to your code in the function's image::
 
 ``handle(body, headers)`` gets the request body and a dict of the request's
 headers (lowercase names; repeated headers joined with ``", "``; values decoded
-as Latin-1, as HTTP/1.1 defines). It returns the response body (``bytes``,
+as Latin-1, as HTTP/1.1 defines); the caller's headers, which the runner sends
+as ``Fn-Http-H-<name>``, are also there under their own names, and the caller's
+method and URL are ``fn-http-method`` and ``fn-http-request-url``. It returns the response body (``bytes``,
 ``str`` — sent as UTF-8 — or ``None``), or a tuple ``(status, headers, body)``
 for the caller-facing status and headers. An exception becomes a 502 whose
 body is the traceback's last line (the whole traceback goes to stderr).
@@ -59,6 +61,7 @@ __all__ = [
     "BadRequest",
     "Request",
     "bind_listener",
+    "caller_view",
     "listener_path",
     "parse_deadline",
     "read_request",
@@ -289,6 +292,18 @@ def _to_bytes(body: Body) -> bytes:
     raise TypeError(f"a function must return bytes, str or None, not {type(body).__name__}")
 
 
+_FN_HTTP_H = "fn-http-h-"
+
+
+def caller_view(headers: dict[str, str]) -> dict[str, str]:
+    """The request's headers plus each ``Fn-Http-H-<name>`` under ``<name>`` (which wins)."""
+    out = dict(headers)
+    for name, value in headers.items():
+        if name.startswith(_FN_HTTP_H) and len(name) > len(_FN_HTTP_H):
+            out[name[len(_FN_HTTP_H) :]] = value
+    return out
+
+
 def _call(handle: Handler, request: Request) -> tuple[int, list[tuple[str, str]], bytes]:
     """Run ``handle`` and wrap its answer in the contract: (HTTP status, headers, body)."""
     deadline = parse_deadline(request.headers.get("fn-deadline"))
@@ -299,7 +314,7 @@ def _call(handle: Handler, request: Request) -> tuple[int, list[tuple[str, str]]
             b"the call's deadline passed before it started",
         )
     try:
-        result = handle(request.body, request.headers)
+        result = handle(request.body, caller_view(request.headers))
         status: object = 200
         fn_headers: Mapping[str, str] | None = None
         body: Body

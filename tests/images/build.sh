@@ -3,6 +3,7 @@
 #   kiln-test/busybox:latest  busybox-static and its applets (stdio functions)
 #   kiln-test/python:latest   Python 3.11 from Debian packages + busybox sh, with
 #                             tests/images/functions/* and fdk/python/fdk.py in /fn
+#   kiln-test/fn-python, kiln-test/fn-node  the Fn project's real FDKs (build-fn.sh)
 # An image whose inputs did not change is not rebuilt (label kiln.inputs); --force rebuilds.
 set -euo pipefail
 
@@ -110,3 +111,4 @@ verify() {
 build_busybox
 build_python
 verify
+bash "$REPO/tests/images/build-fn.sh" "$@"

@@ -31,7 +31,7 @@ def assert_clean(s: Stack) -> None:
     assert set(kiln_tasks()) <= {
         "kiln.wiring.Daemon.run",
         "kiln.containers.janitor.Janitor.run",
-        "kiln.supervisors.Supervisors.run",
+        "kiln.hot.supervisors.Supervisors.run",
     }
     assert s.janitor.pending == 0
 

@@ -29,8 +29,8 @@ import trio
 
 import fdk
 from kiln.fncontract import Verdict, call_request_headers, format_deadline, interpret_response
-from kiln.httpstream import FnConnection, FnProtocolError
-from kiln.readiness import ListenerInvalid, wait_for_listener
+from kiln.hot.httpstream import FnConnection, FnProtocolError
+from kiln.hot.readiness import ListenerInvalid, wait_for_listener
 
 REPO = Path(__file__).resolve().parents[2]
 FUNCTIONS = REPO / "tests" / "images" / "functions"
@@ -259,6 +259,21 @@ def request(body: bytes = b"", headers: dict[str, str] | None = None) -> fdk.Req
 def test_plain_bytes_answer_is_200_with_fn_http_status() -> None:
     status, headers, body = fdk._call(lambda b, h: b"out:" + b, request(b"in"))
     assert (status, headers, body) == (200, [("Fn-Http-Status", "200")], b"out:in")
+
+
+def test_handler_sees_the_callers_headers_under_their_own_names() -> None:
+    seen: list[dict[str, str]] = []
+    headers = {
+        "fn-intent": "httprequest",
+        "fn-http-method": "GET",
+        "fn-http-h-x-echo": "from-caller",
+        "x-echo": "plain",
+        "content-type": "text/plain",
+    }
+    fdk._call(lambda b, h: seen.append(h) or b"", request(headers=headers))  # type: ignore[func-returns-value]
+    assert seen[0]["x-echo"] == "from-caller"
+    assert seen[0]["fn-http-method"] == "GET"
+    assert seen[0]["content-type"] == "text/plain"
 
 
 def test_tuple_answer_maps_status_and_headers() -> None:

@@ -15,6 +15,7 @@ import pytest
 from kiln.fncontract import (
     HOP_BY_HOP,
     NOT_YET,
+    HttpRequest,
     Invalid,
     Outcome,
     Ready,
@@ -24,6 +25,7 @@ from kiln.fncontract import (
     container_env,
     format_deadline,
     interpret_response,
+    split_invoke_target,
 )
 
 MiB = 1024 * 1024
@@ -79,35 +81,62 @@ def test_format_deadline(seconds: float, text: str) -> None:
 
 # ---- request headers ------------------------------------------------------------
 
+TRIGGER = 5  # Fn-Call-Id, Fn-Deadline, Fn-Intent, Fn-Http-Method, Fn-Http-Request-Url
 
-def test_request_headers_start_with_call_id_and_deadline() -> None:
-    headers = call_request_headers("01HZX", T0 + 30.5, [(b"x-a", b"1")])
+
+def encapsulated(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The caller headers a function gets, unwrapped from ``Fn-Http-H-``."""
+    return [(k[len(b"Fn-Http-H-") :], v) for k, v in headers if k.startswith(b"Fn-Http-H-")]
+
+
+def test_request_headers_are_those_of_fns_http_trigger() -> None:
+    http = HttpRequest("GET", "/users/42?full=1")
+    headers = call_request_headers("01HZX", T0 + 30.5, [(b"x-a", b"1")], http)
     assert headers == [
         (b"Fn-Call-Id", b"01HZX"),
         (b"Fn-Deadline", b"2026-11-23T10:00:30.500Z"),
-        (b"x-a", b"1"),
+        (b"Fn-Intent", b"httprequest"),
+        (b"Fn-Http-Method", b"GET"),
+        (b"Fn-Http-Request-Url", b"/users/42?full=1"),
+        (b"Fn-Http-H-x-a", b"1"),
+    ]
+
+
+def test_a_call_without_a_request_is_a_post_to_the_root() -> None:
+    headers = call_request_headers("c", T0, [])
+    assert headers[2:] == [
+        (b"Fn-Intent", b"httprequest"),
+        (b"Fn-Http-Method", b"POST"),
+        (b"Fn-Http-Request-Url", b"/"),
+    ]
+
+
+def test_content_type_is_sent_as_itself_too() -> None:
+    headers = call_request_headers("c", T0, [(b"Content-Type", b"application/json")])
+    assert headers[TRIGGER:] == [
+        (b"Content-Type", b"application/json"),
+        (b"Fn-Http-H-Content-Type", b"application/json"),
     ]
 
 
 @pytest.mark.parametrize("name", sorted(HOP_BY_HOP))
 def test_hop_by_hop_headers_are_dropped(name: bytes) -> None:
     headers = call_request_headers("c", T0, [(name, b"v"), (name.upper(), b"v"), (b"x-keep", b"k")])
-    assert headers[2:] == [(b"x-keep", b"k")]
+    assert headers[TRIGGER:] == [(b"Fn-Http-H-x-keep", b"k")]
 
 
 def test_caller_headers_keep_order_case_and_repeats() -> None:
     caller = [
         (b"Accept", b"*/*"),
         (b"X-Multi", b"1"),
-        (b"content-type", b"application/json"),
         (b"X-Multi", b"2"),
     ]
-    assert call_request_headers("c", T0, caller)[2:] == caller
+    assert encapsulated(call_request_headers("c", T0, caller)) == caller
 
 
 def test_expect_is_not_forwarded() -> None:
     caller = [(b"Expect", b"100-continue"), (b"x-a", b"1")]
-    assert call_request_headers("c", T0, caller)[2:] == [(b"x-a", b"1")]
+    assert call_request_headers("c", T0, caller)[TRIGGER:] == [(b"Fn-Http-H-x-a", b"1")]
 
 
 def test_headers_named_by_connection_are_dropped() -> None:
@@ -117,7 +146,7 @@ def test_headers_named_by_connection_are_dropped() -> None:
         (b"X-Other", b"2"),
         (b"x-end", b"3"),
     ]
-    assert call_request_headers("c", T0, caller)[2:] == [(b"x-end", b"3")]
+    assert call_request_headers("c", T0, caller)[TRIGGER:] == [(b"Fn-Http-H-x-end", b"3")]
 
 
 def test_callers_cannot_forge_fn_headers() -> None:
@@ -126,17 +155,41 @@ def test_callers_cannot_forge_fn_headers() -> None:
         (b"Fn-Deadline", b"2099-01-01T00:00:00.000Z"),
         (b"fn-http-status", b"200"),
         (b"fn-intent", b"x"),
+        (b"Fn-Http-Method", b"DELETE"),
+        (b"fn-http-h-x-sneaky", b"1"),
         (b"x-fn-ok", b"kept"),
     ]
     headers = call_request_headers("real", T0, caller)
     assert headers[0] == (b"Fn-Call-Id", b"real")
-    assert headers[2:] == [(b"x-fn-ok", b"kept")]
-    assert sum(1 for k, _ in headers if k.lower() == b"fn-call-id") == 1
+    assert headers[TRIGGER:] == [(b"Fn-Http-H-x-fn-ok", b"kept")]
+    for name in (b"fn-call-id", b"fn-intent", b"fn-http-method", b"fn-deadline"):
+        assert sum(1 for k, _ in headers if k.lower() == name) == 1
 
 
 def test_request_headers_accept_any_iterable() -> None:
     gen = ((k, v) for k, v in [(b"x-a", b"1")])
-    assert call_request_headers("c", T0, gen)[2:] == [(b"x-a", b"1")]
+    assert call_request_headers("c", T0, gen)[TRIGGER:] == [(b"Fn-Http-H-x-a", b"1")]
+
+
+@pytest.mark.parametrize(
+    ("rest", "query", "name", "url"),
+    [
+        (b"hello", b"", "hello", "/"),
+        (b"hello/", b"", "hello", "/"),
+        (b"hello/users/42", b"", "hello", "/users/42"),
+        (b"hello", b"a=1&b=2", "hello", "/?a=1&b=2"),
+        (b"hello/a%20b/", b"q=%C3%A9", "hello", "/a%20b/?q=%C3%A9"),
+        (b"", b"", "", "/"),
+    ],
+)
+def test_split_invoke_target(rest: bytes, query: bytes, name: str, url: str) -> None:
+    assert split_invoke_target(rest, query) == (name, url)
+
+
+def test_http_request_path_and_query() -> None:
+    http = HttpRequest("GET", "/a/b?x=1&y=2")
+    assert (http.path, http.query) == ("/a/b", "x=1&y=2")
+    assert (HttpRequest().path, HttpRequest().query) == ("/", "")
 
 
 # ---- the answer --------------------------------------------------------------------

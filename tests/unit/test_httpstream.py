@@ -19,7 +19,7 @@ import pytest
 import trio
 import trio.testing
 
-from kiln.httpstream import FnConnection, FnProtocolError
+from kiln.hot.httpstream import FnConnection, FnProtocolError
 from tests.unit.test_fdk import fn_dir, headers_for, iofs, running_function
 
 __all__ = ["fn_dir", "iofs"]  # fixtures shared with test_fdk.py

@@ -30,6 +30,14 @@ async def scrape(s: Stack) -> dict[tuple[str, tuple[tuple[str, str], ...]], floa
     return out
 
 
+def phase_count(m: dict[tuple[str, tuple[tuple[str, str], ...]], float], phase: str) -> float:
+    return sum(
+        value
+        for (name, labels), value in m.items()
+        if name == "kiln_call_phase_seconds_count" and dict(labels)["phase"] == phase
+    )
+
+
 async def test_calls_by_function_and_status(autojump_clock: trio.testing.MockClock) -> None:
     async with stack(FNS) as s:
         for name in ("echo", "echo", "fail", "hot", "hot", "missing"):
@@ -43,8 +51,8 @@ async def test_calls_by_function_and_status(autojump_clock: trio.testing.MockClo
         # every stdio call and the first hot call started a container
         assert m[("kiln_cold_starts_total", (("function", "echo"),))] == 2
         assert m[("kiln_cold_starts_total", (("function", "hot"),))] == 1
-        assert m[("kiln_call_phase_seconds_count", (("phase", "run"),))] == 5
-        assert m[("kiln_call_phase_seconds_count", (("phase", "start"),))] == 4
+        assert phase_count(m, "run") == 5
+        assert phase_count(m, "start") == 4
 
 
 async def test_state_gauges(autojump_clock: trio.testing.MockClock) -> None:
@@ -65,7 +73,7 @@ async def test_docker_requests_are_timed(autojump_clock: trio.testing.MockClock)
         await request(s.app, "POST", "/invoke/echo", b"x")
         m = await scrape(s)
         ops = {dict(labels)["operation"] for name, labels in m if name.startswith("kiln_docker_")}
-        assert "create container" in ops
+        assert "create_container" in ops
 
 
 async def test_invoke_rate_limiter_figures(autojump_clock: trio.testing.MockClock) -> None:

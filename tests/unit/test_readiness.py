@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 
-from kiln.readiness import DirWatch, ListenerInvalid, wait_for_listener
+from kiln.hot.readiness import DirWatch, ListenerInvalid, wait_for_listener
 from tests.unit.test_fdk import START_TIMEOUT, fn_dir, function_process, iofs
 
 __all__ = ["fn_dir", "iofs"]  # fixtures shared with test_fdk.py

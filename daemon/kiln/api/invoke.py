@@ -1,6 +1,8 @@
-"""The invoke API: a plain ASGI app, served by :mod:`kiln.httpserver`.
+"""The invoke API: a plain ASGI app, served by :mod:`kiln.http`.
 
-``POST /invoke/{name}`` runs a call; ``GET /healthz`` says the daemon is up.
+``/invoke/{name}`` and ``/invoke/{name}/{sub/path}`` run a call, with any of
+:data:`~kiln.fncontract.INVOKE_METHODS` (the function sees the method, sub-path
+and query string); ``GET /healthz`` says the daemon is up.
 Every response carries ``Kiln-Call-Id``; every error body is
 ``{"error": {"code": ..., "message": ...}}``. A call runs through
 :meth:`kiln.calls.lifecycle.Calls.call`; this module only translates HTTP to it
@@ -11,45 +13,39 @@ container removed).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import secrets
-from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING
 
-from kiln.calls.errors import BodyTooLarge, CallError
+from kiln.asyncq.headers import is_async
+from kiln.calls.errors import CallError
 from kiln.calls.lifecycle import CallerGone, Calls
+from kiln.fncontract import INVOKE_METHODS, HttpRequest, split_invoke_target
+from kiln.http.asgi import ClientGone, Receive, Scope, Send, error_body, lifespan, read_body
 from kiln.metrics import CONTENT_TYPE, Metrics
+
+if TYPE_CHECKING:
+    from kiln.asyncq.http import CallsRoutes
 
 log = logging.getLogger("kiln.api")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 INVOKE_PREFIX = "/invoke/"
+INVOKE_PREFIX_RAW = INVOKE_PREFIX.encode()
 
 
 def new_call_id() -> str:
     return secrets.token_hex(8)
 
 
-def error_body(code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message}}).encode() + b"\n"
-
-
-async def lifespan(receive: Receive, send: Send) -> None:
-    """ASGI lifespan: Kiln's apps have nothing to set up, so just acknowledge."""
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+def invoke_target(scope: Scope) -> tuple[str, HttpRequest]:
+    """``/invoke/NAME[/sub/path][?query]`` → the function's name and the request it sees."""
+    raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+    if not raw.startswith(INVOKE_PREFIX_RAW):  # the prefix itself was percent-encoded
+        raw = scope["path"].encode("utf-8")
+    name, url = split_invoke_target(raw[len(INVOKE_PREFIX_RAW) :], scope.get("query_string", b""))
+    return name, HttpRequest(scope["method"], url)
 
 
 async def wait_for_disconnect(receive: Receive) -> None:
@@ -62,34 +58,35 @@ async def read_call_body(scope: Scope, receive: Receive, max_body: int) -> bytes
     """A call's request body, at most ``max_body`` bytes (413 otherwise; refused
     from ``Content-Length`` before reading). Raises :class:`CallerGone` if the
     caller disconnects first."""
-    for key, value in scope["headers"]:
-        if key == b"content-length":
-            try:
-                declared = int(value)
-            except ValueError:
-                raise CallError("bad Content-Length", status=400, code="bad_request") from None
-            if declared > max_body:
-                raise BodyTooLarge(
-                    f"body of {declared} bytes is over the limit of {max_body} bytes "
-                    "([daemon] max_body)"
-                )
-    chunks: list[bytes] = []
-    total = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise CallerGone
-        chunk: bytes = message.get("body", b"")
-        total += len(chunk)
-        if total > max_body:
-            raise BodyTooLarge(f"body is over the limit of {max_body} bytes ([daemon] max_body)")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    try:
+        return await read_body(scope, receive, max_body, setting="[daemon] max_body")
+    except ClientGone:
+        raise CallerGone from None
+
+
+def client_of(scope: Scope) -> str:
+    """Who called, for the call's log line: the peer address, and the
+    ``X-Forwarded-For`` a proxy in front added (``203.0.113.9,127.0.0.1``)."""
+    peer = scope.get("client")
+    text = str(peer[0]) if peer else "local"
+    for key, value in scope.get("headers", ()):
+        if key == b"x-forwarded-for":
+            forwarded = "".join(
+                c for c in value.decode("latin-1")[:200] if c.isalnum() or c in ".:,[]"
+            )
+            return f"{forwarded},{text}" if forwarded else text
+    return text
 
 
 async def run_call(
-    calls: Calls, scope: Scope, receive: Receive, send: Send, call_id: str, name: str, max_body: int
+    calls: Calls,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    call_id: str,
+    name: str,
+    max_body: int,
+    http: HttpRequest | None = None,
 ) -> None:
     """Run a call for an HTTP caller and answer it: the one translation from
     :class:`CallResult` to HTTP (both APIs' invoke routes use it)."""
@@ -99,6 +96,8 @@ async def run_call(
         call_id=call_id,
         headers=scope["headers"],
         caller_gone=partial(wait_for_disconnect, receive),
+        http=http,
+        client=client_of(scope),
     )
     if result.caller_gone:
         return  # nobody to answer; the call's log line says 499
@@ -150,11 +149,23 @@ async def respond(
     await send({"type": "http.response.body", "body": body})
 
 
+async def not_allowed(send: Send, call_id: str, *allow: str) -> None:
+    """405, with ``Allow`` listing the methods the route takes."""
+    await send_error(
+        send,
+        call_id,
+        CallError(f"use {', '.join(allow)}", status=405, code="method_not_allowed"),
+        [(b"allow", ", ".join(allow).encode())],
+    )
+
+
 class InvokeApp:
     def __init__(self, calls: Calls, *, max_body: int, metrics: Metrics | None = None) -> None:
         self.calls = calls
         self.max_body = max_body
         self.metrics = metrics
+        #: Async calls (``Kiln-Invoke-Type: async``) and ``/calls``, when enabled.
+        self.calls_routes: CallsRoutes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -172,16 +183,21 @@ class InvokeApp:
             )
         elif path == "/healthz":
             await respond(send, 200, call_id, b'{"status":"ok"}\n', json_ct=True)
+        elif path == "/metrics" and self.metrics is not None:
+            await not_allowed(send, call_id, "GET")
         elif path.startswith(INVOKE_PREFIX):
-            if method != "POST":
-                await send_error(
-                    send,
-                    call_id,
-                    CallError("use POST to invoke", status=405, code="method_not_allowed"),
-                )
+            if method not in INVOKE_METHODS:
+                await not_allowed(send, call_id, *INVOKE_METHODS)
                 return
-            name = path[len(INVOKE_PREFIX) :]
-            await run_call(self.calls, scope, receive, send, call_id, name, self.max_body)
+            name, http = invoke_target(scope)
+            if self.calls_routes is not None and is_async(scope["headers"]):
+                await self.calls_routes.accept(scope, receive, send, name, http)
+                return
+            await run_call(self.calls, scope, receive, send, call_id, name, self.max_body, http)
+        elif self.calls_routes is not None and await self.calls_routes.route(
+            scope, receive, send
+        ):
+            return
         else:
             await send_error(
                 send, call_id, CallError(f"no route {path}", status=404, code="not_found")

@@ -2,7 +2,7 @@
 
 One owner for it. A :class:`Function` is a spec plus its run-time parts (the
 per-function invoke rate limiter); hot functions also have a supervisor, which
-:class:`~kiln.supervisors.Supervisors` runs and this registry starts, rolls
+:class:`~kiln.hot.supervisors.Supervisors` runs and this registry starts, rolls
 over and retires. The call path reads the table; operator actions (deploy,
 remove, scale, reload) change it only through :meth:`FunctionRegistry.apply`,
 :meth:`~FunctionRegistry.retire` and :meth:`~FunctionRegistry.rescale`.
@@ -11,7 +11,7 @@ remove, scale, reload) change it only through :meth:`FunctionRegistry.apply`,
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,8 +20,8 @@ from kiln.calls.errors import NotFound
 from kiln.functions.spec import FunctionSpec, check_scale
 
 if TYPE_CHECKING:
-    from kiln.pool import FunctionPool
-    from kiln.supervisors import Supervisors
+    from kiln.hot.supervisor import Supervisor
+    from kiln.hot.supervisors import Supervisors
 
 
 def unknown_function(name: str) -> NotFound:
@@ -54,6 +54,8 @@ class FunctionRegistry:
     ) -> None:
         self._functions = {name: _function(spec) for name, spec in specs.items()}
         self.supervisors = supervisors
+        #: Called with a function's name when it leaves the table (its logs and series go).
+        self.on_retired: list[Callable[[str], None]] = []
 
     # ---- reading -------------------------------------------------------------
 
@@ -70,9 +72,9 @@ class FunctionRegistry:
     def specs(self) -> dict[str, FunctionSpec]:
         return {name: fn.spec for name, fn in self._functions.items()}
 
-    def supervisor(self, name: str) -> FunctionPool | None:
+    def supervisor(self, name: str) -> Supervisor | None:
         """The hot supervisor of ``name``, or None (a stdio function, or none running)."""
-        return self.supervisors.pool(name) if self.supervisors is not None else None
+        return self.supervisors.get(name) if self.supervisors is not None else None
 
     def __contains__(self, name: object) -> bool:
         return name in self._functions
@@ -113,6 +115,8 @@ class FunctionRegistry:
         self._functions.pop(name, None)
         if self.supervisors is not None:
             self.supervisors.remove(name, reason=reason)
+        for hook in self.on_retired:
+            hook(name)
 
     def rescale(
         self, name: str, *, min_warm: int | None, max_containers: int | None

@@ -1,12 +1,10 @@
-"""kiln.httpserver: the lean HTTP/1.1 ASGI server, over real sockets on 127.0.0.1
+"""kiln.http.server: the lean HTTP/1.1 ASGI server, over real sockets on 127.0.0.1
 (real clock: the waits are I/O, so no autojump)."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
-import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -15,8 +13,9 @@ import httpx
 import pytest
 import trio
 
-from kiln.httpserver import (
+from kiln.http import (
     ASGIApp,
+    Limits,
     Message,
     Receive,
     Scope,
@@ -56,7 +55,7 @@ async def running(
                 listeners,
                 shutdown=shutdown,
                 grace=grace,
-                keep_alive_timeout=keep_alive_timeout,
+                limits=Limits(keep_alive_timeout=keep_alive_timeout),
                 task_status=task_status,
             )
             server.stopped.set()
@@ -583,69 +582,6 @@ async def test_cancelling_serve_asgi_closes_everything() -> None:
         assert await read_to_eof(stream) == b""
         await stream.aclose()
     assert listeners[0].socket.fileno() == -1
-
-
-# ------------------------------------------------------------------ listeners
-
-
-async def test_unix_fd_listeners_and_tcp_nodelay() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "s.sock")
-        listeners = await open_listeners(f"unix:{path}")
-        shutdown = trio.Event()
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(
-                lambda task_status: serve_asgi(
-                    echo_anywhere, listeners, shutdown=shutdown, grace=1, task_status=task_status
-                )
-            )
-            assert binds == [f"unix:{path}"]
-            transport = httpx.AsyncHTTPTransport(uds=path)
-            async with httpx.AsyncClient(transport=transport, base_url="http://kiln") as client:
-                r = await client.post("/u", content=b"over unix")
-                assert r.content == b"over unix"
-            shutdown.set()
-        # a stale socket file is replaced
-        listeners = await open_listeners(f"unix:{path}")
-        for listener in listeners:
-            await listener.aclose()
-
-    # an inherited socket (as main.py hands the control socket over)
-    raw = socket.socket()
-    raw.bind(("127.0.0.1", 0))
-    raw.listen()
-    port = raw.getsockname()[1]
-    listeners = await open_listeners(f"fd://{raw.detach()}")
-    shutdown = trio.Event()
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(
-            lambda task_status: serve_asgi(
-                echo_anywhere, listeners, shutdown=shutdown, grace=1, task_status=task_status
-            )
-        )
-        assert binds == [f"http://127.0.0.1:{port}"]
-        async with httpx.AsyncClient(base_url=binds[0]) as client:
-            r = await client.post("/fd", content=b"inherited")
-            assert r.content == b"inherited"
-        shutdown.set()
-
-    listeners = await open_listeners("127.0.0.1:0")
-    port = listeners[0].socket.getsockname()[1]
-    async with listeners[0]:
-        client_stream = await trio.open_tcp_stream("127.0.0.1", port)
-        accepted = await listeners[0].accept()
-        assert accepted.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-        await accepted.aclose()
-        await client_stream.aclose()
-
-
-async def echo_anywhere(scope: Scope, receive: Receive, send: Send) -> None:
-    await respond(send, 200, await read_body(receive))
-
-
-def test_bad_bind() -> None:
-    with pytest.raises(ValueError, match="HOST:PORT"):
-        trio.run(open_listeners, "localhost")
 
 
 # ------------------------------------------------------------------ Kiln's InvokeApp

@@ -1,8 +1,8 @@
-"""The supervisors nursery: one :class:`~kiln.pool.FunctionPool` per hot function.
+"""The supervisors nursery: one :class:`~kiln.hot.supervisor.Supervisor` per hot function.
 
-It is also the admission pool's *evictor*: asked for idle containers of other
-functions, it offers every pool's idle containers (the admission pool picks
-the oldest idle first and evicts only if that covers its shortfall).
+It is also the memory budget's *evictor*: asked for idle containers of other
+functions, it offers every supervisor's idle containers (the budget picks the
+oldest idle first and evicts only if that covers its shortfall).
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from pathlib import Path
 import trio
 
 from kiln.admission.memory import EvictionCandidate, MemoryBudget
-from kiln.containers.janitor import Janitor
+from kiln.containers.runtime import ContainerRuntime
 from kiln.containers.spec import Identity
-from kiln.docker import DockerClient
 from kiln.functions.spec import FunctionSpec
-from kiln.pool import FunctionPool, FunctionPoolStatistics, ListenerTransport
+from kiln.hot.supervisor import Supervisor, SupervisorStatistics
+from kiln.hot.transport import ListenerTransport
 
-log = logging.getLogger("kiln.supervisors")
+log = logging.getLogger("kiln.hot")
 
 
 def _make_root(path: Path) -> None:
@@ -32,24 +32,24 @@ class Supervisors:
     def __init__(
         self,
         *,
-        docker: DockerClient,
+        runtime: ContainerRuntime,
         memory: MemoryBudget,
         identity: Identity,
         iofs_root: Path,
+        max_response: int,
         queue_max: int,
         queue_wait: float,
-        janitor: Janitor | None = None,
         transport: ListenerTransport | None = None,
     ) -> None:
-        self.janitor = janitor
         self.transport = transport
-        self.docker = docker
+        self.runtime = runtime
         self.memory = memory
         self.identity = identity
         self.iofs_root = iofs_root
+        self.max_response = max_response
         self.queue_max = queue_max
         self.queue_wait = queue_wait
-        self.pools: dict[str, FunctionPool] = {}
+        self.by_name: dict[str, Supervisor] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -72,62 +72,62 @@ class Supervisors:
         finally:
             shutil.rmtree(self.iofs_root, ignore_errors=True)
 
-    async def add(self, spec: FunctionSpec) -> FunctionPool:
+    async def add(self, spec: FunctionSpec) -> Supervisor:
         """Start the supervisor of a hot function (it prewarms ``min_warm`` containers)."""
         assert self._nursery is not None
-        pool = FunctionPool(
+        supervisor = Supervisor(
             spec,
-            docker=self.docker,
+            runtime=self.runtime,
             memory=self.memory,
             identity=self.identity,
             iofs_root=self.iofs_root,
+            max_response=self.max_response,
             queue_max=self.queue_max,
             queue_wait=self.queue_wait,
-            janitor=self.janitor,
             transport=self.transport,
         )
         scope = trio.CancelScope()
-        self.pools[spec.name] = pool
+        self.by_name[spec.name] = supervisor
         self._scopes[spec.name] = scope
 
         async def supervise(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
             with scope:
-                await pool.run(task_status=task_status)
+                await supervisor.run(task_status=task_status)
 
         await self._nursery.start(supervise, name=f"supervisor {spec.name}")
-        return pool
+        return supervisor
 
     async def replace(self, spec: FunctionSpec) -> None:
         """Roll a function over to a new spec: new calls go to new containers; the old
-        pool's idle containers retire now and its busy ones after their call."""
+        supervisor's idle containers retire now and its busy ones after their call."""
         self.remove(spec.name, reason="replaced by a new spec")
         if spec.format == "http-stream":
             await self.add(spec)
 
     def remove(self, name: str, *, reason: str = "removed") -> None:
-        """Retire a function's pool; its scope ends once its last container is gone."""
-        pool = self.pools.pop(name, None)
+        """Retire a function's supervisor; its scope ends once its last container is gone."""
+        supervisor = self.by_name.pop(name, None)
         scope = self._scopes.pop(name, None)
-        if pool is None or scope is None:
+        if supervisor is None or scope is None:
             return
-        pool.retire_all(reason)
+        supervisor.retire_all(reason)
         assert self._nursery is not None
 
         async def stop_when_empty() -> None:
-            await pool.wait_empty()
+            await supervisor.wait_empty()
             scope.cancel()
 
         self._nursery.start_soon(stop_when_empty, name=f"retire {name}")
 
-    def pool(self, name: str) -> FunctionPool | None:
-        return self.pools.get(name)
+    def get(self, name: str) -> Supervisor | None:
+        return self.by_name.get(name)
 
     def candidates(self, exclude_owner: str) -> Sequence[EvictionCandidate]:
         out: list[EvictionCandidate] = []
-        for name, pool in self.pools.items():
+        for name, supervisor in self.by_name.items():
             if name != exclude_owner:
-                out.extend(pool.eviction_candidates())
+                out.extend(supervisor.eviction_candidates())
         return out
 
-    def statistics(self) -> list[FunctionPoolStatistics]:
-        return [p.statistics() for p in self.pools.values()]
+    def statistics(self) -> list[SupervisorStatistics]:
+        return [s.statistics() for s in self.by_name.values()]

@@ -46,6 +46,14 @@ class FnProtocolError(Exception):
     """The function's socket broke HTTP: cannot connect, reset, EOF mid-answer, garbage."""
 
 
+class ResponseTooLarge(FnProtocolError):
+    """The answer's body is over the connection's ``max_response`` (the rest is unread)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the answer is over {limit} bytes")
+        self.limit = limit
+
+
 @dataclass(slots=True)
 class FnResponse:
     """A whole answer to ``POST /call``. Header names are lowercase (as h11 gives them)."""
@@ -207,7 +215,7 @@ class FnConnection:
                 elif type(event) is h11.Data:
                     size += len(event.data)
                     if size > self.max_response:
-                        raise FnProtocolError(f"the answer is over {self.max_response} bytes")
+                        raise ResponseTooLarge(self.max_response)
                     chunks.append(event.data)
                 elif type(event) is h11.Response:
                     status = event.status_code

@@ -1,0 +1,116 @@
+"""One call on a hot container, and what the caller is told about how it went.
+
+:func:`run_call` sends the request on the container's connection within the
+function's timeout and reads the Fn contract's verdict. It returns an
+:class:`Outcome` instead of raising, so the supervisor always learns whether
+the container may serve again (``broken`` is None) or must be killed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import trio
+
+from kiln.calls.errors import CallError, CallTimeout, FunctionFailed, OutputTooLarge
+from kiln.fncontract import HttpRequest, Verdict, call_request_headers, interpret_response
+from kiln.functions.spec import FunctionSpec
+from kiln.hot.container import HotContainer
+from kiln.hot.httpstream import FnProtocolError, ResponseTooLarge
+from kiln.units import format_size
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one call went: an answer or an error, and whether the container broke."""
+
+    answer: Answer | None = None
+    error: CallError | None = None
+    broken: str | None = None
+    #: The connection broke mid-call: the container may have died (e.g. OOM-killed).
+    lost: bool = False
+
+
+async def run_call(
+    spec: FunctionSpec,
+    c: HotContainer,
+    call_id: str,
+    body: bytes,
+    headers: Iterable[tuple[bytes, bytes]],
+    http: HttpRequest | None = None,
+    *,
+    max_response: int,
+) -> Outcome:
+    """Run one call on ``c``, bounded by the function's timeout; ``max_response`` is
+    the limit ``c``'s connection enforces (named in the error)."""
+    conn = c.conn
+    assert conn is not None
+    deadline_unix = time.time() + spec.timeout
+    request_headers = call_request_headers(call_id, deadline_unix, headers, http)
+    try:
+        with trio.move_on_after(spec.timeout) as scope:
+            response = await conn.call(request_headers, body)
+    except ResponseTooLarge as e:
+        return Outcome(
+            error=OutputTooLarge(
+                f"function {spec.name!r} answered more than {format_size(max_response)} "
+                "(the response limit, [daemon] max_response); its container was killed"
+            ),
+            broken=str(e),
+        )
+    except FnProtocolError as e:
+        tail = c.log_tail.text()
+        return Outcome(
+            error=FunctionFailed(
+                f"function {spec.name!r} "
+                + (
+                    f"exited (code {c.exit_code}) during the call"
+                    if c.exit_code is not None
+                    else f"broke the connection: {e}"
+                )
+                + (f"; last output: {tail}" if tail else ""),
+                code="function_error",
+            ),
+            broken=f"protocol error: {e}",
+            lost=True,
+        )
+    if scope.cancelled_caught:
+        return Outcome(
+            error=CallTimeout(
+                f"function {spec.name!r} did not answer within its timeout of "
+                f"{spec.timeout:g} s; its container was killed",
+                code="timeout",
+            ),
+            broken="call timed out",
+        )
+    outcome = interpret_response(response.status, response.headers)
+    if outcome.verdict is Verdict.BROKEN:
+        return Outcome(
+            error=FunctionFailed(
+                f"function {spec.name!r} broke the call contract (HTTP {response.status}); "
+                "its container was killed",
+                code="function_error",
+            ),
+            broken=f"function answered HTTP {response.status}",
+        )
+    if outcome.verdict is Verdict.FUNCTION_ERROR:
+        return Outcome(
+            error=FunctionFailed(
+                f"function {spec.name!r} failed: {response.body[:500].decode('utf-8', 'replace')}",
+                code="function_error",
+            )
+        )
+    if outcome.verdict is Verdict.TIMEOUT:
+        return Outcome(
+            error=CallTimeout(f"function {spec.name!r} reported a timeout", code="timeout")
+        )
+    return Outcome(answer=Answer(outcome.status, list(outcome.headers), response.body))

@@ -1,0 +1,41 @@
+"""How a supervisor learns a container is ready and talks to it: the seam tests replace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from kiln.hot.httpstream import FnConnection
+from kiln.hot.readiness import wait_for_listener
+
+
+class HotResponse(Protocol):
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+class HotConnection(Protocol):
+    """One keep-alive connection to a container's listener."""
+
+    async def call(self, headers: list[tuple[bytes, bytes]], body: bytes) -> HotResponse: ...
+
+    async def aclose(self) -> None: ...
+
+
+class ListenerTransport(Protocol):
+    async def wait_ready(self, iofs: Path) -> Path: ...
+
+    async def connect(self, socket_path: Path, *, max_response: int) -> HotConnection:
+        """A connection whose answers over ``max_response`` bytes raise ResponseTooLarge."""
+        ...
+
+
+class UnixTransport:
+    """The real one: inotify on the bind-mounted dir, HTTP/1.1 over the Unix socket."""
+
+    async def wait_ready(self, iofs: Path) -> Path:
+        return await wait_for_listener(iofs)
+
+    async def connect(self, socket_path: Path, *, max_response: int) -> HotConnection:
+        return await FnConnection.open(socket_path, max_response=max_response)
