@@ -47,6 +47,7 @@ from kiln.hot.scheduler import (
     Start,
 )
 from kiln.hot.transport import ListenerTransport, UnixTransport
+from kiln.logs.service import Logs
 from kiln.trioutil import open_nursery
 
 log = logging.getLogger("kiln.hot")
@@ -114,6 +115,7 @@ class Supervisor:
         queue_max: int = 100,
         queue_wait: float = 10.0,
         transport: ListenerTransport | None = None,
+        logs: Logs | None = None,
     ) -> None:
         self.spec = spec
         self.memory = memory
@@ -127,6 +129,7 @@ class Supervisor:
             identity=identity,
             transport=transport or UnixTransport(),
             max_response=max_response,
+            logs=logs,
         )
         self.scheduler = Scheduler(
             max_containers=spec.max_containers,
@@ -310,7 +313,7 @@ class Supervisor:
         cold = waited and first
         start = (c.ready_at - max(t0, c.created_at)) if cold else 0.0
         queue = (t_got - t0) - start
-        c.current_call = call_id
+        c.begin_call(call_id)
         c.calls += 1
         broken: str | None = "call cancelled"
         try:
@@ -324,7 +327,7 @@ class Supervisor:
         finally:
             if broken is not None:
                 await self.launcher.kill(c)
-            c.current_call = None
+            c.end_call()
             self._apply(self.scheduler.call_done(c.seq, trio.current_time(), broken))
         if outcome.error is not None:
             raise outcome.error
