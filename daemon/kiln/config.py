@@ -32,6 +32,8 @@ class DaemonConfig:
     control_group: str = "kiln"
     state_dir: str = "/var/lib/kiln"
     run_dir: str = "/run/kiln"
+    #: Seconds a connection to a hot container may sit idle before Kiln closes it (as Fn).
+    hot_connection_idle: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,9 @@ def _daemon(t: Table) -> DaemonConfig:
         control_group=t.string("control_group", d.control_group),
         state_dir=t.string("state_dir", d.state_dir),
         run_dir=t.string("run_dir", d.run_dir),
+        hot_connection_idle=t.number(
+            "hot_connection_idle", d.hot_connection_idle, exclusive_minimum=0, maximum=60
+        ),
     )
     if not out.id or not all(c.isalnum() or c in "-_." for c in out.id):
         fail(t.key("id"), f"must be letters, digits, - _ . only, got {out.id!r}")

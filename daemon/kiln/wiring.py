@@ -39,7 +39,7 @@ from kiln.functions.registry import FunctionRegistry
 from kiln.functions.spec import FunctionSpec
 from kiln.functions.store import FunctionStore
 from kiln.hot.supervisors import Supervisors
-from kiln.hot.transport import ListenerTransport
+from kiln.hot.transport import ListenerTransport, UnixTransport
 from kiln.metrics import Metrics
 
 
@@ -96,7 +96,8 @@ class Daemon:
             iofs_root=Path(config.daemon.run_dir) / "iofs" / identity.instance,
             queue_max=limits.queue_max,
             queue_wait=limits.queue_wait,
-            transport=transport,
+            transport=transport
+            or UnixTransport(connection_idle=config.daemon.hot_connection_idle),
         )
         memory.evictor = supervisors
         registry = FunctionRegistry(functions, supervisors)

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 import trio
 
 from kiln.calls.errors import CallError, CallTimeout, FunctionFailed
+from kiln.calls.stdio import StderrTail
 from kiln.fncontract import HttpRequest, Verdict, call_request_headers, interpret_response
 from kiln.functions.spec import FunctionSpec
 from kiln.hot.container import HotContainer
+from kiln.hot.dialer import Undelivered
 from kiln.hot.httpstream import FnProtocolError
 
 
@@ -30,11 +32,20 @@ class Answer:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How one call went: an answer or an error, and whether the container broke."""
+    """How one call went: an answer or an error, and whether the container broke.
+
+    ``undelivered``: the call never reached the function (its listener could
+    not be reached), so it may go to another container.
+    """
 
     answer: Answer | None = None
     error: CallError | None = None
     broken: str | None = None
+    undelivered: bool = False
+
+
+#: How long a call that lost its connection waits to learn the container's exit code.
+EXIT_GRACE = 2.0
 
 
 async def run_call(
@@ -50,24 +61,23 @@ async def run_call(
     assert conn is not None
     deadline_unix = time.time() + spec.timeout
     request_headers = call_request_headers(call_id, deadline_unix, headers, http)
+    c.call_tail = StderrTail()
     try:
         with trio.move_on_after(spec.timeout) as scope:
             response = await conn.call(request_headers, body)
-    except FnProtocolError as e:
-        tail = c.log_tail.text()
+    except Undelivered as e:
         return Outcome(
             error=FunctionFailed(
-                f"function {spec.name!r} "
-                + (
-                    f"exited (code {c.exit_code}) during the call"
-                    if c.exit_code is not None
-                    else f"broke the connection: {e}"
-                )
-                + (f"; last output: {tail}" if tail else ""),
+                f"function {spec.name!r}: cannot reach its container's listener: {e}",
                 code="function_error",
             ),
-            broken=f"protocol error: {e}",
+            broken=f"listener unreachable: {e}",
+            undelivered=True,
         )
+    except FnProtocolError as e:
+        return Outcome(error=await _lost(spec, c, e), broken=f"protocol error: {e}")
+    finally:
+        c.call_tail = None
     if scope.cancelled_caught:
         return Outcome(
             error=CallTimeout(
@@ -99,3 +109,22 @@ async def run_call(
             error=CallTimeout(f"function {spec.name!r} reported a timeout", code="timeout")
         )
     return Outcome(answer=Answer(outcome.status, list(outcome.headers), response.body))
+
+
+async def _lost(spec: FunctionSpec, c: HotContainer, e: FnProtocolError) -> FunctionFailed:
+    """The error for a call whose connection broke: the container's exit code when it
+    died (waiting briefly for Docker to say so), and only this call's output."""
+    tail = c.call_tail
+    with trio.move_on_after(EXIT_GRACE):
+        await c.exited.wait()
+    output = tail.text() if tail is not None else ""
+    last = f"; last output: {output}" if output else ""
+    if c.exit_code is not None:
+        return FunctionFailed(
+            f"function {spec.name!r} exited with code {c.exit_code} during the call{last}",
+            code="function_error",
+        )
+    return FunctionFailed(
+        f"function {spec.name!r} broke its connection during the call ({e}){last}",
+        code="function_error",
+    )

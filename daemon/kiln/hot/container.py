@@ -11,6 +11,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -23,9 +24,10 @@ from kiln.containers.spec import Identity, container_config
 from kiln.docker import STDOUT, DockerClient, DockerError, Frame
 from kiln.fncontract import container_env
 from kiln.functions.spec import FunctionSpec
+from kiln.hot.dialer import Dialer
 from kiln.hot.httpstream import FnProtocolError
 from kiln.hot.readiness import ListenerInvalid
-from kiln.hot.transport import HotConnection, ListenerTransport
+from kiln.hot.transport import ListenerTransport
 
 log = logging.getLogger("kiln.hot")
 
@@ -54,9 +56,12 @@ class HotContainer:
     ready_at: float = 0.0
     calls: int = 0
     current_call: str | None = None
-    conn: HotConnection | None = None
+    conn: Dialer | None = None
     reservation: Reservation | None = None
     exit_code: int | None = None
+    exited: trio.Event = field(default_factory=trio.Event)
+    #: Output of the call in progress only (``log_tail`` spans the container's life).
+    call_tail: StderrTail | None = None
     log_tail: StderrTail = field(default_factory=StderrTail)
     retire: trio.Event = field(default_factory=trio.Event)
     retire_reason: str = ""
@@ -171,12 +176,17 @@ class Launcher:
                     code="start_timeout",
                 )
         assert socket_path is not None
+        dialer = Dialer(
+            partial(self.transport.connect, socket_path), idle=self.transport.connection_idle
+        )
         try:
-            c.conn = await self.transport.connect(socket_path)
-        except (OSError, FnProtocolError) as e:
+            await dialer.connect()
+        except FnProtocolError as e:
             raise FunctionFailed(
                 f"function {spec.name!r}: cannot connect to its listener: {e}", code="start_failed"
             ) from e
+        c.conn = dialer
+        nursery.start_soon(dialer.run)
 
     async def _watch_exit(
         self, c: HotContainer, exited: trio.Event, on_exit: Callable[[HotContainer], None]
@@ -188,12 +198,15 @@ class Launcher:
         except DockerError as e:
             log.warning("fn=%s container %s: lost track of it: %s", self.spec.name, c.name, e)
         exited.set()
+        c.exited.set()
         on_exit(c)
 
     async def _follow_logs(self, c: HotContainer) -> None:
         assert c.cid is not None
 
         def on_frame(frame: Frame) -> None:
+            if c.call_tail is not None:
+                c.call_tail.feed(frame.data)
             for line in c.log_tail.feed(frame.data):
                 log.info(
                     "fn=%s call=%s %s: %s",
