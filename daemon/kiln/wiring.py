@@ -96,8 +96,7 @@ class Daemon:
             iofs_root=Path(config.daemon.run_dir) / "iofs" / identity.instance,
             queue_max=limits.queue_max,
             queue_wait=limits.queue_wait,
-            transport=transport
-            or UnixTransport(connection_idle=config.daemon.hot_connection_idle),
+            transport=transport or UnixTransport(connection_idle=config.daemon.hot_connection_idle),
         )
         memory.evictor = supervisors
         registry = FunctionRegistry(functions, supervisors)
