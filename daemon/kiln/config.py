@@ -91,7 +91,7 @@ def _daemon(t: Table) -> DaemonConfig:
         state_dir=t.string("state_dir", d.state_dir),
         run_dir=t.string("run_dir", d.run_dir),
         hot_connection_idle=t.number(
-            "hot_connection_idle", d.hot_connection_idle, exclusive_minimum=0, maximum=60
+            "hot_connection_idle", d.hot_connection_idle, exclusive_minimum=0, maximum=3600
         ),
     )
     if not out.id or not all(c.isalnum() or c in "-_." for c in out.id):

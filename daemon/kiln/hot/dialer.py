@@ -1,9 +1,10 @@
 """A hot container's connection, kept the way Fn FDKs can bear it.
 
-FDKs run their own timers on an idle connection: Node's HTTP server answers a
-connection that sent nothing with 408 and closes it; fdk-python's idle timer
-spins a CPU once it has fired. So, as Fn's agent does, a :class:`Dialer`
-never leaves a connection idle for long:
+FDKs run their own timers on an idle connection: HTTP servers answer a
+connection that sent nothing for too long with 408 and close it (fdk-python
+after 60 s); fdk-python's keep-alive timer, once a connection that served a
+call has idled 75 s, re-arms itself with no delay and spins a core. So, as
+Fn's agent does, a :class:`Dialer` never leaves a connection idle for long:
 
 * it dials when a call needs a connection and has none;
 * it closes a connection that has been idle for ``idle`` seconds (its
