@@ -26,6 +26,14 @@ if ! command -v systemd-analyze >/dev/null || ! [[ -x /bin/kill ]]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd procps >/dev/null
 fi
 
+# The async queue's PostgreSQL store is tested against a real server the tests start
+# themselves (tests/pgserver.py): only the binaries are needed, no running service.
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  log "installing postgresql (server binaries for the async-queue tests)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
+
 if ! docker_answers; then
   log "starting dockerd (log: $DOCKERD_LOG)"
   nohup dockerd >"$DOCKERD_LOG" 2>&1 &

@@ -8,7 +8,7 @@ from typing import Any
 
 import trio
 
-from kiln.api.invoke import InvokeApp
+from kiln.api.access import ASGIApp
 
 
 @dataclass
@@ -22,7 +22,7 @@ class Reply:
 
 
 async def request(
-    app: InvokeApp,
+    app: ASGIApp,
     method: str,
     path: str,
     body: bytes = b"",

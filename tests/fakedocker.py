@@ -35,7 +35,13 @@ import trio
 import trio.testing
 
 from kiln.docker.frames import STDERR, STDOUT, encode_frame
-from kiln.hot.httpstream import FnProtocolError, FnResponse, RequestNotSent
+from kiln.hot.httpstream import (
+    MAX_RESPONSE,
+    FnProtocolError,
+    FnResponse,
+    RequestNotSent,
+    ResponseTooLarge,
+)
 from kiln.hot.transport import HotConnection
 
 
@@ -107,6 +113,18 @@ async def hot_500(proc: Proc) -> int:
         headers: list[tuple[bytes, bytes]], body: bytes
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         return 500, [], b"oops"
+
+    await proc.listen(handler)
+    return 0
+
+
+async def hot_big(proc: Proc) -> int:
+    """Answers as many bytes as the request body says."""
+
+    async def handler(
+        headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        return 200, [(b"Fn-Http-Status", b"200")], b"x" * int(body)
 
     await proc.listen(handler)
     return 0
@@ -199,6 +217,7 @@ DEFAULT_PROGRAMS: dict[str, Program] = {
     "hot_echo": hot_echo,
     "hot_slow": hot_slow,
     "hot_500": hot_500,
+    "hot_big": hot_big,
     "hot_never_binds": hot_never_binds,
     "hot_crashes": hot_crashes,
     "hot_exits": hot_exits,
@@ -575,8 +594,9 @@ class FakeDocker:
 class FakeConnection:
     """A keep-alive connection to a fake hot container: calls its handler."""
 
-    def __init__(self, container: FakeContainer) -> None:
+    def __init__(self, container: FakeContainer, max_response: int = MAX_RESPONSE) -> None:
         self.container = container
+        self.max_response = max_response
 
     async def call(self, headers: list[tuple[bytes, bytes]], body: bytes) -> FnResponse:
         c = self.container
@@ -599,6 +619,8 @@ class FakeConnection:
         if not result:
             raise FnProtocolError("the function closed the connection")
         status, resp_headers, resp_body = result[0]
+        if len(resp_body) > self.max_response:
+            raise ResponseTooLarge(self.max_response)
         return FnResponse(status, resp_headers, resp_body)
 
     def stale(self) -> bool:
@@ -627,8 +649,10 @@ class FakeTransport:
         await c.listening.wait()
         return Path("/fake") / c.id
 
-    async def connect(self, socket_path: Path) -> HotConnection:
+    async def connect(
+        self, socket_path: Path, *, max_response: int = MAX_RESPONSE
+    ) -> HotConnection:
         await trio.lowlevel.checkpoint()
         if self.fake.containers[socket_path.name].refuse_connect:
             raise RequestNotSent(f"cannot connect to {socket_path}: Connection refused")
-        return FakeConnection(self.fake.containers[socket_path.name])
+        return FakeConnection(self.fake.containers[socket_path.name], max_response)

@@ -16,11 +16,13 @@ from pathlib import Path
 import trio
 
 from kiln.admission.memory import MemoryBudget
+from kiln.api.access import ASGIApp
 from kiln.api.control import ControlApp
-from kiln.api.invoke import InvokeApp
 from kiln.api.operations import Operations
+from kiln.asyncq.clock import WallClock
+from kiln.asyncq.store import Store
 from kiln.calls.lifecycle import Calls
-from kiln.config import Config, DaemonConfig, LimitsConfig, parse
+from kiln.config import AsyncConfig, Config, DaemonConfig, LimitsConfig, parse
 from kiln.containers.janitor import Janitor
 from kiln.containers.spec import Identity
 from kiln.docker import DockerClient
@@ -80,7 +82,7 @@ class Stack:
         return self.daemon.metrics
 
     @property
-    def app(self) -> InvokeApp:
+    def app(self) -> ASGIApp:
         return self.daemon.invoke_app
 
     @property
@@ -117,6 +119,9 @@ async def stack(
     queue_max: int = 100,
     queue_wait: float = 10.0,
     config_source: str = "<harness>",
+    async_store: Store | None = None,
+    async_config: AsyncConfig | None = None,
+    async_fraction: float = 0.5,
 ) -> AsyncIterator[Stack]:
     """Build and run a daemon on the fake engine with functions ``fns`` (as if from
     the config file at ``config_source``); its state and run dirs are temporary."""
@@ -129,7 +134,10 @@ async def stack(
                 state_dir=str(root / "state"),
                 run_dir=str(root / "run"),
             ),
-            limits=LimitsConfig(queue_max=queue_max, queue_wait=queue_wait),
+            limits=LimitsConfig(
+                queue_max=queue_max, queue_wait=queue_wait, async_fraction=async_fraction
+            ),
+            async_=async_config or AsyncConfig(),
             functions=dict(fns),
             source=config_source,
         )
@@ -150,6 +158,8 @@ async def stack(
                 capacity=capacity,
                 on_drain=drain_requested.set,
                 transport=FakeTransport(fake),
+                async_store=async_store,
+                async_clock=WallClock(1_000_000.0) if async_store is not None else None,
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(daemon.run)

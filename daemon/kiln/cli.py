@@ -12,14 +12,13 @@ import json
 import logging
 import os
 import sys
-import tomllib
 from collections.abc import Sequence
 from typing import Any
 
 import trio
 
 from kiln import __version__
-from kiln.config import ConfigError, load
+from kiln.config import ConfigError, load, read_toml
 from kiln.functions.fnyaml import is_fn_yaml, load_fn_yaml
 from kiln.functions.spec import parse_function
 from kiln.units import format_size
@@ -47,7 +46,7 @@ def _setup_logging(level: str) -> None:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from kiln.main import FatalStartupError, run_daemon
+    from kiln.main import FatalStartupError, check_functions_fit, host_policy, run_daemon
 
     try:
         config = load(args.config)
@@ -55,6 +54,13 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         print(f"kiln: bad config: {e}", file=sys.stderr)
         return 2
     if args.check:
+        # The same checks the daemon makes before it starts, against this host.
+        policy = host_policy(config)
+        try:
+            check_functions_fit(config.functions.values(), policy)
+        except FatalStartupError as e:
+            print(f"kiln: bad config: {e}", file=sys.stderr)
+            return 2
         print(f"{args.config}: ok ({len(config.functions)} function(s))")
         return 0
     _setup_logging(config.daemon.log_level)
@@ -194,11 +200,14 @@ def read_deploy_file(path: str) -> dict[str, dict[str, Any]]:
         return {fn.name: fn.table}
     try:
         with open(path, "rb") as f:
-            raw = tomllib.load(f)
+            text = f.read().decode("utf-8")
+        raw = read_toml(text, path)
     except OSError as e:
         raise CliError(f"cannot read {path}: {e.strerror or e}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise CliError(f"{path}: not valid TOML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise CliError(f"{path}: not UTF-8 text: {e.reason} at byte {e.start}") from e
+    except ConfigError as e:
+        raise CliError(str(e)) from e
     if "functions" in raw:
         fns = raw["functions"]
         if not isinstance(fns, dict) or set(raw) != {"functions"}:
@@ -287,6 +296,81 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     return 1 if response.status_code >= 400 else 0
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Like ``docker logs`` / ``journalctl -u``: text lines, NDJSON with --json; -f follows."""
+    import httpx
+
+    params: dict[str, str] = {}
+    if args.call:
+        params["call"] = args.call
+    if args.since:
+        params["since"] = args.since
+    if args.tail is not None:
+        params["tail"] = str(args.tail)
+    if args.follow:
+        params["follow"] = "1"
+    accept = "application/x-ndjson" if args.json else "text/plain"
+    sock = socket_path(args)
+    try:
+        with (
+            httpx.Client(
+                transport=httpx.HTTPTransport(uds=sock), base_url="http://kiln", timeout=None
+            ) as client,
+            client.stream(
+                "GET", f"/functions/{args.name}/logs", params=params, headers={"Accept": accept}
+            ) as response,
+        ):
+            if response.status_code >= 400:
+                response.read()
+                try:
+                    err = response.json()["error"]
+                    raise CliError(f"{err['message']} ({err['code']}, HTTP {response.status_code})")
+                except (ValueError, KeyError, TypeError):
+                    raise CliError(f"HTTP {response.status_code}: {response.text[:300]}") from None
+            out = sys.stdout.buffer
+            for chunk in response.iter_raw():
+                out.write(chunk)
+                out.flush()
+    except (httpx.ConnectError, FileNotFoundError, PermissionError) as e:
+        raise CliError(f"cannot reach kiln at {sock}: is the service running? ({e})") from e
+    except httpx.HTTPError as e:
+        if args.follow:
+            return 0  # the daemon stopped: following ends
+        raise CliError(f"talking to kiln at {sock}: {e}") from e
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    body = {"name": args.name, "functions": args.function or None}
+    data = request(args, "POST", "/tokens", json_body=body).json()
+    scope = ", ".join(data["functions"]) if data["functions"] else "all functions"
+    emit(
+        args,
+        data,
+        f"{data['token']}\n(token {data['name']} [{data['id']}] for {scope}: shown only now, "
+        "keep it; callers send it as 'Authorization: Bearer <token>')",
+    )
+    return 0
+
+
+def cmd_token_ls(args: argparse.Namespace) -> int:
+    rows = request(args, "GET", "/tokens").json()
+    for r in rows:
+        r["scope"] = ", ".join(r["functions"]) if r["functions"] else "all functions"
+    emit(args, rows, table(rows, ["id", "name", "scope", "created"]))
+    return 0
+
+
+def cmd_token_rm(args: argparse.Namespace) -> int:
+    data = request(args, "DELETE", f"/tokens/{args.token}").json()
+    emit(args, data, f"revoked {data['revoked']['name']} [{data['revoked']['id']}]")
+    return 0
+
+
 def cmd_drain(args: argparse.Namespace) -> int:
     emit(
         args,
@@ -359,6 +443,35 @@ def build_parser() -> argparse.ArgumentParser:
         "-i", "--include", action="store_true", help="show the status, headers and call id"
     )
     p.set_defaults(func=cmd_invoke)
+    p = client("logs", "a function's log lines (like docker logs)")
+    p.add_argument("name")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p.add_argument("--call", help="only the lines of this call id")
+    p.add_argument("--since", help="only lines since: 90s, 10m, 2h, 1d ago, or an RFC 3339 time")
+    p.add_argument("-n", "--tail", type=int, help="only the last N lines")
+    p.set_defaults(func=cmd_logs)
+    p = sub.add_parser("token", help='invoke API tokens (auth = "token")')
+    tsub = p.add_subparsers(dest="token_command", required=True)
+
+    def token_cmd(name: str, help: str) -> argparse.ArgumentParser:
+        tp = tsub.add_parser(name, help=help)
+        tp.add_argument(
+            "--socket", "-s", help=f"control socket (default $KILN_SOCKET or {DEFAULT_SOCKET})"
+        )
+        tp.add_argument("--json", action="store_true", help="JSON output for scripts")
+        return tp
+
+    tp = token_cmd("create", "make a token (shown once)")
+    tp.add_argument("--name", help="a name for it (default token-N)")
+    tp.add_argument(
+        "--function", "-F", action="append", help="limit it to this function (repeatable)"
+    )
+    tp.set_defaults(func=cmd_token_create)
+    tp = token_cmd("ls", "list tokens (never their secrets)")
+    tp.set_defaults(func=cmd_token_ls)
+    tp = token_cmd("rm", "revoke a token by id or name")
+    tp.add_argument("token")
+    tp.set_defaults(func=cmd_token_rm)
     client("drain", "finish calls in flight, then stop the daemon").set_defaults(func=cmd_drain)
     client("reload", "re-read the config file").set_defaults(func=cmd_reload)
     return parser

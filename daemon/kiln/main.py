@@ -26,6 +26,7 @@ import os
 import signal
 from collections.abc import Callable, Iterable
 from functools import partial
+from pathlib import Path
 
 import trio
 
@@ -34,18 +35,24 @@ from kiln.admission.hostmem import plan_capacity, read_host_resources
 from kiln.admission.ratelimit import DockerLimiter
 from kiln.api.control import AnotherKilnRunning, open_control_socket
 from kiln.api.operations import Operations, merge_functions
+from kiln.asyncq.queue import default_host, open_store
+from kiln.asyncq.store import Store, StoreError
 from kiln.calls.errors import CallError
 from kiln.config import Config
 from kiln.containers.spec import Identity
 from kiln.containers.sweep import sweep_orphans
 from kiln.docker import DockerClient, DockerError, DockerTimeout, DockerUnreachable
-from kiln.functions.spec import FunctionSpec, never_fits
+from kiln.functions.policy import HostPolicy, host_cpus
+from kiln.functions.spec import FunctionSpec
 from kiln.functions.store import FunctionStore
-from kiln.http import open_listeners, serve_asgi
+from kiln.hot.iofs import IofsRoot, IofsUnsafe
+from kiln.http import Limits, open_listeners, serve_asgi
+from kiln.logs.journal import open_forwarder
+from kiln.logs.service import Logs
 from kiln.metrics import Metrics
 from kiln.systemd import Notifier
 from kiln.units import format_size
-from kiln.wiring import Daemon
+from kiln.wiring import Daemon, log_settings
 
 log = logging.getLogger("kiln.daemon")
 
@@ -53,17 +60,41 @@ log = logging.getLogger("kiln.daemon")
 #: How long the servers may take to finish writing responses once the drain is over.
 SERVER_GRACE = 2.0
 
+#: Caller headers Kiln accepts on the invoke API, and so forwards to a function:
+#: few and small enough for the HTTP servers inside function images (some take
+#: no more than 100 headers or an 8 KiB head), with room for Kiln's own.
+INVOKE_MAX_HEADERS = 64
+INVOKE_MAX_HEADER_BYTES = 6 * 1024
+#: The control API's clients are the operator's tools: a small, fixed cap.
+CONTROL_LIMITS = Limits(max_connections=64)
+
+
+def invoke_limits(config: Config) -> Limits:
+    """What the invoke API accepts from callers (see :class:`kiln.http.Limits`)."""
+    return Limits(
+        body_timeout=config.daemon.body_timeout,
+        max_headers=INVOKE_MAX_HEADERS,
+        max_header_bytes=INVOKE_MAX_HEADER_BYTES,
+        max_connections=config.daemon.max_connections or None,
+    )
+
 
 class FatalStartupError(Exception):
     """The daemon cannot run (e.g. a Docker engine too old)."""
 
 
-def check_functions_fit(functions: Iterable[FunctionSpec], capacity: int) -> None:
-    """A function whose memory can never fit is refused at load time, not at call time."""
+def check_functions_fit(functions: Iterable[FunctionSpec], policy: HostPolicy) -> None:
+    """A config-file function this host can never run is refused at start, not at call time."""
     for spec in functions:
-        problem = never_fits(spec, capacity)
+        problem = policy.problem(spec)
         if problem is not None:
             raise FatalStartupError(problem)
+
+
+def host_policy(config: Config) -> HostPolicy:
+    """What this host lets functions have; ``kiln daemon --check`` applies the same."""
+    plan = plan_capacity(read_host_resources(), cap=config.limits.memory)
+    return HostPolicy(plan.capacity, networks=config.limits.networks, cpus=host_cpus())
 
 
 async def watch_signals(
@@ -111,18 +142,25 @@ async def run_daemon(
         config.source,
     )
     store = FunctionStore(config.daemon.state_dir)
-    functions = merge_functions(config.functions, store.load())
     host = read_host_resources()
     plan = plan_capacity(host, cap=config.limits.memory)
     log.info("memory for containers: %s", plan.explain())
     log.info("CPUs: %g (%s)", host.cpus, host.cpu_source)
-    check_functions_fit(functions.values(), plan.capacity)
+    policy = HostPolicy(plan.capacity, networks=config.limits.networks, cpus=host_cpus())
+    check_functions_fit(config.functions.values(), policy)
+    # A persisted spec this version or host refuses is skipped (logged), never fatal.
+    functions = merge_functions(config.functions, store.load(policy.problem))
     limiter = DockerLimiter(
         create_rate=config.docker.create_rate,
         create_burst=config.docker.create_burst,
         max_inflight=config.docker.max_inflight,
     )
-    metrics = Metrics()
+    metrics = Metrics(per_function=config.metrics.per_function)
+    try:
+        forwarder = open_forwarder(config.logs.forward)
+    except OSError as e:
+        raise FatalStartupError(f"[logs] forward = {config.logs.forward!r}: {e}") from e
+    logs = Logs(log_settings(config.logs, config.daemon.state_dir), forwarder=forwarder)
     drain_requested = trio.Event()
     stop_now = trio.CancelScope()
     notifier = Notifier()
@@ -132,7 +170,12 @@ async def run_daemon(
         )
     except (AnotherKilnRunning, OSError) as e:
         raise FatalStartupError(f"control socket {config.daemon.control_socket}: {e}") from e
+    iofs = IofsRoot(Path(config.daemon.run_dir) / "iofs", config.limits.iofs_size)
     try:
+        try:
+            iofs.prepare()
+        except (IofsUnsafe, OSError) as e:
+            raise FatalStartupError(f"listener dirs: {e}") from e
         async with DockerClient(
             config.docker.socket,
             timeout=config.docker.timeout,
@@ -141,6 +184,7 @@ async def run_daemon(
             observer=metrics.observe_docker,
         ) as docker:
             await check_docker(docker)
+            async_store = await open_async_store(config)
             daemon = Daemon.build(
                 config,
                 docker=docker,
@@ -148,11 +192,19 @@ async def run_daemon(
                 functions=functions,
                 store=store,
                 capacity=plan.capacity,
+                policy=policy,
                 on_drain=drain_requested.set,
                 metrics=metrics,
                 limiter=limiter,
                 host=host,
+                async_store=async_store,
+                logs=logs,
             )
+            if daemon.tokens is not None and not len(daemon.tokens):
+                log.warning(
+                    'auth = "token" and no token exists yet: every call gets 401 until one '
+                    "is made with `kiln token create`"
+                )
             controller = daemon.operations
             calls = daemon.calls
             try:
@@ -184,6 +236,7 @@ async def run_daemon(
                 # Before serving: what a crashed run left is gone before we start anew
                 # (bounded in time; see kiln.containers.sweep).
                 await sweep_orphans(docker, identity)
+                iofs.sweep(keep=identity.instance)
                 await root.start(daemon.run)
                 servers_down = trio.Event()
                 servers_stop = trio.Event()
@@ -199,6 +252,7 @@ async def run_daemon(
                                 invoke_listeners,
                                 shutdown=servers_stop,
                                 grace=SERVER_GRACE,
+                                limits=invoke_limits(config),
                             )
                         )
                         await n.start(
@@ -208,6 +262,7 @@ async def run_daemon(
                                 control_listeners,
                                 shutdown=servers_stop,
                                 grace=SERVER_GRACE,
+                                limits=CONTROL_LIMITS,
                             )
                         )
                         task_status.started(binds)
@@ -224,7 +279,7 @@ async def run_daemon(
                 task_status.started(binds)
 
                 await drain_requested.wait()
-                calls.drain()
+                daemon.drain()
                 await notifier.stopping()
                 n = calls.inflight
                 log.info(
@@ -243,11 +298,30 @@ async def run_daemon(
                 # Cancel the tree: servers stop, calls still running are cancelled, and
                 # every container task removes its container (shielded, bounded).
                 root.cancel_scope.cancel()
+            if daemon.asyncq is not None:
+                await daemon.asyncq.store.close()
     finally:
+        iofs.close()
         with contextlib.suppress(OSError):
             os.unlink(config.daemon.control_socket)
         notifier.close()
+        logs.close()
     log.info("kiln stopped")
+
+
+async def open_async_store(config: Config) -> Store:
+    """Open ``[async] store`` (in a thread: it may connect to a database and
+    create or migrate its schema)."""
+    try:
+        store = await trio.to_thread.run_sync(open_store, config)
+    except StoreError as e:
+        raise FatalStartupError(f"[async] store: {e}") from e
+    log.info(
+        "async calls: %s store, host %s",
+        "shared PostgreSQL" if store.shared else "SQLite",
+        default_host(config),
+    )
+    return store
 
 
 def status_line(controller: Operations) -> str:

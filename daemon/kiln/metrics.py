@@ -9,10 +9,18 @@ runs between scrapes (idle means asleep).
 
 from __future__ import annotations
 
+import contextlib
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -20,6 +28,8 @@ if TYPE_CHECKING:
     from kiln.admission.hostmem import HostResources
     from kiln.admission.memory import MemoryBudget
     from kiln.admission.ratelimit import DockerLimiter
+    from kiln.asyncq.dispatcher import Dispatcher
+    from kiln.asyncq.queue import AsyncQueue
     from kiln.calls.lifecycle import Calls
     from kiln.containers.janitor import Janitor
     from kiln.functions.registry import FunctionRegistry
@@ -46,8 +56,28 @@ LATENCY_BUCKETS = (
 )
 
 
+PHASES = ("queue", "start", "run")
+
+# The `_created` series double every counter and histogram for a timestamp no
+# dashboard reads; this process never wants them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+def operation_label(operation: str) -> str:
+    """A Docker operation as a label value: its verb and object, words joined by
+    ``_`` (``create container`` → ``create_container``; ``inspect image x:y`` →
+    ``inspect_image``, so image names never become label values)."""
+    words = operation.split()[:2]
+    return re.sub(r"[^a-z0-9_]", "_", "_".join(words).lower()) or "unknown"
+
+
 class Metrics:
-    def __init__(self) -> None:
+    """``per_function``: the call-phase histograms carry a ``function`` label —
+    one series set (phases × buckets) per deployed function. Hosts with
+    thousands of functions can turn it off (``[metrics] per_function = false``)."""
+
+    def __init__(self, *, per_function: bool = True) -> None:
+        self.per_function = per_function
         self.registry = CollectorRegistry(auto_describe=True)
         self.calls = Counter(
             "kiln_calls",
@@ -55,10 +85,18 @@ class Metrics:
             ["function", "status"],
             registry=self.registry,
         )
+        fn_label = ["function"] if per_function else []
         self.phase = Histogram(
             "kiln_call_phase_seconds",
             "Call phases: queue (waiting), start (container start), run",
-            ["phase"],
+            [*fn_label, "phase"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.total = Histogram(
+            "kiln_call_seconds",
+            "Whole calls, as the caller waited for them",
+            fn_label,
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -76,18 +114,59 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.async_store = Histogram(
+            "kiln_async_store_seconds",
+            "Async store operations by kind (accept, claim, finish, ...)",
+            ["operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
     def observe_call(
-        self, function: str, status: int, queue: float, start: float, run: float, cold: bool
+        self,
+        function: str,
+        status: int,
+        queue: float,
+        start: float,
+        run: float,
+        cold: bool,
+        total: float | None = None,
     ) -> None:
         self.calls.labels(function, str(status)).inc()
-        self.phase.labels("queue").observe(queue)
+        fn = (function,) if self.per_function else ()
+        self.phase.labels(*fn, "queue").observe(queue)
         if cold:
-            self.phase.labels("start").observe(start)
+            self.phase.labels(*fn, "start").observe(start)
             self.cold_starts.labels(function).inc()
-        self.phase.labels("run").observe(run)
+        self.phase.labels(*fn, "run").observe(run)
+        if total is not None:
+            (self.total.labels(function) if self.per_function else self.total).observe(total)
+
+    def forget(self, function: str) -> None:
+        """A removed function's series go with it (cardinality follows deployed functions)."""
+        for metric in (self.calls,):
+            for labels in list(_label_sets(metric)):
+                if labels[0] == function:
+                    with contextlib.suppress(KeyError):
+                        metric.remove(*labels)
+        with contextlib.suppress(KeyError):
+            self.cold_starts.remove(function)
+        if self.per_function:
+            for phase in PHASES:
+                with contextlib.suppress(KeyError):
+                    self.phase.remove(function, phase)
+            with contextlib.suppress(KeyError):
+                self.total.remove(function)
+
+    def observe_async_store(self, operation: str, seconds: float) -> None:
+        self.async_store.labels(operation).observe(seconds)
+
+    def attach_async(self, queue: AsyncQueue, dispatcher: Dispatcher) -> None:
+        """Read the async queue's figures at every scrape."""
+        self.registry.register(_AsyncCollector(queue, dispatcher))
 
     def observe_docker(self, operation: str, status: str, seconds: float) -> None:
-        self.docker.labels(operation, status).observe(seconds)
+        self.docker.labels(operation_label(operation), status).observe(seconds)
 
     def attach(
         self,
@@ -107,6 +186,10 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _label_sets(metric: Counter) -> list[tuple[str, ...]]:
+    return [tuple(labels) for labels in metric._metrics]
 
 
 class _StateCollector(Collector):
@@ -223,3 +306,40 @@ class _StateCollector(Collector):
         yield allowed
         yield rejected
         yield tokens
+
+
+class _AsyncCollector(Collector):
+    """The async queue: what happened to calls here, and the queue as last read
+    from the store (refreshed whenever the dispatcher goes idle)."""
+
+    def __init__(self, queue: AsyncQueue, dispatcher: Dispatcher) -> None:
+        self.queue = queue
+        self.dispatcher = dispatcher
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        c = self.queue.counters
+        events = CounterMetricFamily(
+            "kiln_async_calls", "Async calls by event on this host", labels=["event"]
+        )
+        for event in ("accepted", "started", "succeeded", "failed", "retried", "cancelled"):
+            events.add_metric([event], getattr(c, event))
+        yield events
+        depth = GaugeMetricFamily(
+            "kiln_async_queue_depth", "Async calls in the store by state", labels=["state"]
+        )
+        depth.add_metric(["queued"], c.stats.queued)
+        depth.add_metric(["running"], c.stats.running)
+        yield depth
+        oldest = c.stats.oldest_due
+        yield GaugeMetricFamily(
+            "kiln_async_oldest_due_age_seconds",
+            "How long the oldest due async call has waited (0: none due)",
+            value=0.0 if oldest is None else max(0.0, self.queue.clock.now() - oldest),
+        )
+        held = GaugeMetricFamily(
+            "kiln_async_held_bytes", "Memory held by async calls running here, and the cap",
+            labels=["kind"],
+        )
+        held.add_metric(["held"], self.dispatcher.held)
+        held.add_metric(["share"], self.dispatcher.async_capacity)
+        yield held

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 KiB = 1024
@@ -25,6 +26,10 @@ _SIZE_UNITS: dict[str, int] = {
     "tib": 1024 * GiB,
 }
 
+#: Sizes at or above this are refused everywhere (1 PiB: far above any host, far
+#: below the int64 Docker and the kernel take).
+MAX_SIZE = 1024**5
+
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
 _RATE_PERIODS = {
@@ -43,14 +48,17 @@ def parse_size(text: str) -> int:
     """``"128MiB"`` → 134217728. Raises ValueError naming what is wrong."""
     m = _SIZE_RE.match(text)
     if not m:
-        raise ValueError(f'{text!r} is not a size (write e.g. "128MiB", "1GiB", "512MB")')
+        raise ValueError(f'{_short(text)} is not a size (write e.g. "128MiB", "1GiB", "512MB")')
     number, unit = m.groups()
     factor = _SIZE_UNITS.get(unit.lower())
     if factor is None:
         raise ValueError(
-            f"{text!r} has an unknown unit {unit!r} (use B, KiB, MiB, GiB, KB, MB, GB)"
+            f"{_short(text)} has an unknown unit {_short(unit)} (use B, KiB, MiB, GiB, KB, MB, GB)"
         )
-    return int(float(number) * factor)
+    size = float(number) * factor
+    if not math.isfinite(size) or size >= MAX_SIZE:
+        raise ValueError(f"{_short(text)} is too large (the limit is 1 PiB)")
+    return int(size)
 
 
 def format_size(n: int | float) -> str:
@@ -67,9 +75,17 @@ def parse_rate(text: str) -> float:
     """``"100/s"`` → 100.0 per second; ``"30/min"`` → 0.5. Raises ValueError."""
     m = _RATE_RE.match(text)
     if not m:
-        raise ValueError(f'{text!r} is not a rate (write e.g. "100/s", "30/min")')
+        raise ValueError(f'{_short(text)} is not a rate (write e.g. "100/s", "30/min")')
     number, period = m.groups()
     rate = float(number) / _RATE_PERIODS[period]
+    if not math.isfinite(rate):
+        raise ValueError(f"{_short(text)} is too large")
     if rate <= 0:
-        raise ValueError(f"{text!r}: a rate must be above zero")
+        raise ValueError(f"{_short(text)}: a rate must be above zero")
     return rate
+
+
+def _short(text: str, limit: int = 40) -> str:
+    """``repr(text)``, cut to ``limit`` characters so an error line stays a line."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 4] + "...'"

@@ -18,7 +18,7 @@ async def test_missing_image_is_deployed_with_a_warning(
 ) -> None:
     async with stack({}) as s:
         s.fake.fail["image"] = (404, "No such image: not-pulled:1")
-        reply = await request(s.control, "PUT", "/functions/late", SPEC)  # type: ignore[arg-type]
+        reply = await request(s.control, "PUT", "/functions/late", SPEC)
         assert reply.status == 201
         (warning,) = reply.json()["warnings"]
         assert "'not-pulled:1' is not on this host: Kiln never pulls" in warning
@@ -26,7 +26,7 @@ async def test_missing_image_is_deployed_with_a_warning(
 
 async def test_image_on_the_host_gives_no_warning(autojump_clock: trio.testing.MockClock) -> None:
     async with stack({}) as s:
-        reply = await request(s.control, "PUT", "/functions/ok", SPEC)  # type: ignore[arg-type]
+        reply = await request(s.control, "PUT", "/functions/ok", SPEC)
         assert reply.status == 201
         assert reply.json()["warnings"] == []
 
@@ -34,6 +34,6 @@ async def test_image_on_the_host_gives_no_warning(autojump_clock: trio.testing.M
 async def test_docker_trouble_gives_no_warning(autojump_clock: trio.testing.MockClock) -> None:
     async with stack({}) as s:
         s.fake.fail["image"] = (500, "driver failed")
-        reply = await request(s.control, "PUT", "/functions/ok", SPEC)  # type: ignore[arg-type]
+        reply = await request(s.control, "PUT", "/functions/ok", SPEC)
         assert reply.status == 201
         assert reply.json()["warnings"] == []

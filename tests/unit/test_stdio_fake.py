@@ -9,7 +9,8 @@ import trio
 import trio.testing
 
 from kiln.calls.errors import FunctionFailed
-from kiln.calls.stdio import ExitInfo, StderrTail, outcome
+from kiln.calls.stdio import ExitInfo, outcome
+from kiln.containers.logtail import StderrTail
 from kiln.containers.spec import LABEL_DAEMON, LABEL_FUNCTION, LABEL_INSTANCE
 from kiln.functions.spec import FunctionSpec
 from kiln.units import MiB

@@ -17,12 +17,17 @@ import logging
 import math
 import secrets
 from functools import partial
+from typing import TYPE_CHECKING
 
+from kiln.asyncq.headers import is_async
 from kiln.calls.errors import CallError
 from kiln.calls.lifecycle import CallerGone, Calls
 from kiln.fncontract import INVOKE_METHODS, HttpRequest, split_invoke_target
 from kiln.http.asgi import ClientGone, Receive, Scope, Send, error_body, lifespan, read_body
 from kiln.metrics import CONTENT_TYPE, Metrics
+
+if TYPE_CHECKING:
+    from kiln.asyncq.http import CallsRoutes
 
 log = logging.getLogger("kiln.api")
 
@@ -59,6 +64,20 @@ async def read_call_body(scope: Scope, receive: Receive, max_body: int) -> bytes
         raise CallerGone from None
 
 
+def client_of(scope: Scope) -> str:
+    """Who called, for the call's log line: the peer address, and the
+    ``X-Forwarded-For`` a proxy in front added (``203.0.113.9,127.0.0.1``)."""
+    peer = scope.get("client")
+    text = str(peer[0]) if peer else "local"
+    for key, value in scope.get("headers", ()):
+        if key == b"x-forwarded-for":
+            forwarded = "".join(
+                c for c in value.decode("latin-1")[:200] if c.isalnum() or c in ".:,[]"
+            )
+            return f"{forwarded},{text}" if forwarded else text
+    return text
+
+
 async def run_call(
     calls: Calls,
     scope: Scope,
@@ -78,6 +97,7 @@ async def run_call(
         headers=scope["headers"],
         caller_gone=partial(wait_for_disconnect, receive),
         http=http,
+        client=client_of(scope),
     )
     if result.caller_gone:
         return  # nobody to answer; the call's log line says 499
@@ -144,6 +164,8 @@ class InvokeApp:
         self.calls = calls
         self.max_body = max_body
         self.metrics = metrics
+        #: Async calls (``Kiln-Invoke-Type: async``) and ``/calls``, when enabled.
+        self.calls_routes: CallsRoutes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -168,7 +190,14 @@ class InvokeApp:
                 await not_allowed(send, call_id, *INVOKE_METHODS)
                 return
             name, http = invoke_target(scope)
+            if self.calls_routes is not None and is_async(scope["headers"]):
+                await self.calls_routes.accept(scope, receive, send, name, http)
+                return
             await run_call(self.calls, scope, receive, send, call_id, name, self.max_body, http)
+        elif self.calls_routes is not None and await self.calls_routes.route(
+            scope, receive, send
+        ):
+            return
         else:
             await send_error(
                 send, call_id, CallError(f"no route {path}", status=404, code="not_found")

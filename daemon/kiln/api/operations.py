@@ -12,7 +12,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -24,11 +24,15 @@ from kiln.calls.lifecycle import Calls
 from kiln.config import Config, ConfigError, load
 from kiln.containers.janitor import Janitor
 from kiln.docker import DockerClient, DockerError, DockerNotFound
+from kiln.functions.policy import HostPolicy
 from kiln.functions.registry import FunctionRegistry
-from kiln.functions.spec import FunctionSpec, never_fits
+from kiln.functions.spec import FunctionSpec
 from kiln.functions.store import FunctionStore
 from kiln.hot.supervisors import Supervisors
 from kiln.units import format_size
+
+if TYPE_CHECKING:
+    from kiln.asyncq.queue import AsyncQueue
 
 log = logging.getLogger("kiln.operations")
 
@@ -68,6 +72,7 @@ class Operations:
         on_drain: Callable[[], None],
         janitor: Janitor | None = None,
         host: HostResources | None = None,
+        policy: HostPolicy | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -77,11 +82,14 @@ class Operations:
         self.docker = docker
         self.store = store
         self.capacity = capacity
+        self.policy = policy or HostPolicy(capacity, networks=config.limits.networks)
         self.on_drain = on_drain
         self.janitor = janitor
         self.host = host
         self.started_at = trio.current_time()
         self._lock = trio.Lock()  # one change at a time
+        #: The async queue, when enabled (its figures go into /status).
+        self.asyncq: AsyncQueue | None = None
 
     # ---- queries -------------------------------------------------------------
 
@@ -168,12 +176,13 @@ class Operations:
             "host": (
                 {"cpus": self.host.cpus, "cpu_source": self.host.cpu_source} if self.host else None
             ),
+            "async": self.asyncq.status() if self.asyncq is not None else None,
         }
 
     # ---- changes -------------------------------------------------------------
 
     def _check_fits(self, spec: FunctionSpec) -> None:
-        problem = never_fits(spec, self.capacity)
+        problem = self.policy.problem(spec)
         if problem is not None:
             raise BadRequest(problem, code="bad_spec")
 
@@ -181,8 +190,14 @@ class Operations:
         """Deploy or update a function; persisted, so it survives a restart."""
         self._check_fits(spec)
         async with self._lock:
+            previous = self.store.read_bytes(spec.name)
             self.store.save(spec)
-            await self.registry.apply(spec)
+            try:
+                await self.registry.apply(spec)
+            except BaseException:
+                # Refused or interrupted: the store keeps what it had before.
+                self.store.restore(spec.name, previous)
+                raise
         log.info("deployed function %s (%s, %s)", spec.name, spec.image, format_size(spec.memory))
 
     async def image_warning(self, spec: FunctionSpec) -> str | None:
@@ -232,8 +247,8 @@ class Operations:
             raise BadRequest(
                 f"config not reloaded, the running one stays: {e}", code="bad_config"
             ) from e
-        merged = merge_functions(config.functions, self.store.load())
-        for spec in merged.values():
+        merged = merge_functions(config.functions, self.store.load(self.policy.problem))
+        for spec in config.functions.values():
             try:
                 self._check_fits(spec)
             except BadRequest as e:

@@ -1,4 +1,4 @@
-"""Errors a caller sees, and the one place Docker's failures become them.
+"""Errors a caller sees (Docker's failures become them in :mod:`kiln.containers.runtime`).
 
 Every failure that reaches an HTTP caller is a :class:`CallError`: an HTTP
 status, a short machine-readable ``code`` and a human ``message``, plus an
@@ -7,15 +7,6 @@ optional ``retry_after`` (seconds) for 429/503. The API layer turns it into
 """
 
 from __future__ import annotations
-
-from kiln.docker import (
-    DockerAPIError,
-    DockerError,
-    DockerNotFound,
-    DockerTimeout,
-    DockerUnreachable,
-)
-from kiln.functions.spec import FunctionSpec
 
 
 class CallError(Exception):
@@ -73,34 +64,14 @@ class FunctionFailed(CallError):
     code = "function_error"
 
 
+class OutputTooLarge(FunctionFailed):
+    """502: the function's answer is over ``[daemon] max_response``."""
+
+    code = "output_too_large"
+
+
 class CallTimeout(CallError):
     """504: the function did not answer (or start) in time."""
 
     status = 504
     code = "timeout"
-
-
-DOCKER_RETRY_AFTER = 5.0
-
-
-def docker_call_error(e: DockerError, spec: FunctionSpec) -> CallError:
-    """What the caller is told when Docker failed us."""
-    if isinstance(e, DockerUnreachable):
-        return Unavailable(
-            f"Docker is unreachable: {e}", code="docker_unavailable", retry_after=DOCKER_RETRY_AFTER
-        )
-    if isinstance(e, DockerTimeout):
-        return Unavailable(
-            f"Docker is not answering: {e}",
-            code="docker_unavailable",
-            retry_after=DOCKER_RETRY_AFTER,
-        )
-    if isinstance(e, DockerNotFound) and "image" in e.message.lower():
-        return FunctionFailed(
-            f"image {spec.image!r} of function {spec.name!r} is not on this host "
-            f"(Docker: {e.message}); pull or import it",
-            code="image_not_found",
-        )
-    if isinstance(e, DockerAPIError):
-        return FunctionFailed(f"Docker refused: {e}", code="docker_error")
-    return FunctionFailed(f"Docker failed: {e}", code="docker_error")

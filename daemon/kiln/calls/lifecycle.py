@@ -31,6 +31,7 @@ from kiln.functions.registry import Function, FunctionRegistry
 from kiln.trioutil import open_nursery
 
 if TYPE_CHECKING:
+    from kiln.logs.service import Logs
     from kiln.metrics import Metrics
 
 log = logging.getLogger("kiln.calls")
@@ -101,11 +102,13 @@ class Calls:
         stdio: StdioRunner,
         memory: MemoryBudget,
         metrics: Metrics | None = None,
+        logs: Logs | None = None,
     ) -> None:
         self.registry = registry
         self.stdio = stdio
         self.memory = memory
         self.metrics = metrics
+        self.logs = logs
         self.draining = False
         self.inflight = 0
         self._idle = trio.Event()
@@ -127,7 +130,9 @@ class Calls:
         call_id: str,
         headers: Iterable[tuple[bytes, bytes]] = (),
         caller_gone: Callable[[], Awaitable[None]] | None = None,
+        is_async: bool = False,
         http: HttpRequest | None = None,
+        client: str = "-",
     ) -> CallResult:
         """Run one call of function ``name``. Never raises for the call's own
         failures: they come back as a result with ``error`` set.
@@ -138,7 +143,10 @@ class Calls:
         ``caller_gone``, if given, returns when the caller has left; the call is
         then cancelled and the result's status is :data:`CALLER_GONE`. Without
         it (a call with no one waiting on a connection) the call runs to its end
-        unless the calling task is cancelled.
+        unless the calling task is cancelled. ``client`` (who called: an address,
+        with ``X-Forwarded-For`` when a proxy sent it) goes into the call's log line.
+        ``is_async``: an async call (the
+        dispatcher's), whose ``stdio`` memory counts toward the async share.
         """
         t0 = trio.current_time()
         fn: Function | None = None
@@ -154,20 +162,36 @@ class Calls:
             if fn.rate is not None:
                 fn.rate.check()
             request = Request(list(headers), http or PLAIN_POST)
-            result = await self._run_watched(fn, body, call_id, request, caller_gone, timings)
+            result = await self._run_watched(
+                fn, body, call_id, request, caller_gone, timings, is_async
+            )
         except CallerGone:
             result = CallResult(CALLER_GONE, timings=timings)
         except CallError as e:
-            result = CallResult(e.status, timings=timings, error=e)
+            result = CallResult(
+                e.status, timings=timings, error=self._with_output(name, call_id, e)
+            )
         except trio.Cancelled:
-            self._record(name, fn, call_id, CallResult(CALLER_GONE, timings=timings), t0)
+            self._record(name, fn, call_id, CallResult(CALLER_GONE, timings=timings), t0, client)
             raise
         except Exception as e:
             log.exception("call %s of %s failed unexpectedly", call_id, name)
             error = CallError(f"internal error: {type(e).__name__}: {e}")
             result = CallResult(error.status, timings=timings, error=error)
-        self._record(name, fn, call_id, result, t0)
+        self._record(name, fn, call_id, result, t0, client)
         return result
+
+    def _with_output(self, name: str, call_id: str, error: CallError) -> CallError:
+        """A function's failure (502) quotes the last lines the call wrote, unless
+        its message already does."""
+        if self.logs is None or error.status != 502 or "output: " in error.message:
+            return error
+        if "stderr: " in error.message:
+            return error
+        tail = self.logs.call_tail(name, call_id)
+        if tail:
+            error.message = f"{error.message}; its last output: {tail}"
+        return error
 
     async def _run_watched(
         self,
@@ -177,13 +201,14 @@ class Calls:
         request: Request,
         caller_gone: Callable[[], Awaitable[None]] | None,
         timings: Timings,
+        is_async: bool = False,
     ) -> CallResult:
         self.inflight += 1
         if self._idle.is_set():
             self._idle = trio.Event()
         try:
             if caller_gone is None:
-                return await self._run(fn, body, call_id, request, timings)
+                return await self._run(fn, body, call_id, request, timings, is_async)
             result: CallResult | None = None
             async with open_nursery() as nursery:
 
@@ -193,7 +218,7 @@ class Calls:
 
                 nursery.start_soon(watch)
                 try:
-                    result = await self._run(fn, body, call_id, request, timings)
+                    result = await self._run(fn, body, call_id, request, timings, is_async)
                 finally:
                     nursery.cancel_scope.cancel()
             return result if result is not None else CallResult(CALLER_GONE, timings=timings)
@@ -203,7 +228,13 @@ class Calls:
                 self._idle.set()
 
     async def _run(
-        self, fn: Function, body: bytes, call_id: str, request: Request, timings: Timings
+        self,
+        fn: Function,
+        body: bytes,
+        call_id: str,
+        request: Request,
+        timings: Timings,
+        is_async: bool = False,
     ) -> CallResult:
         """Run the call; ``timings`` holds what is known so far if it raises."""
         spec = fn.spec
@@ -219,7 +250,7 @@ class Calls:
                 return CallResult(hot.error.status, timings=done, error=hot.error)
             return CallResult(hot.status, hot.body, hot.headers, done)
         t0 = trio.current_time()
-        async with self.memory.reserve(spec.memory, owner=spec.name):
+        async with self.memory.reserve(spec.memory, owner=spec.name, is_async=is_async):
             admitted = trio.current_time()
             timings.queue = admitted - t0
             timings.cold = True
@@ -231,17 +262,28 @@ class Calls:
         return CallResult(200, out.stdout, [(b"content-type", b"application/octet-stream")], done)
 
     def _record(
-        self, name: str, fn: Function | None, call_id: str, result: CallResult, t0: float
+        self,
+        name: str,
+        fn: Function | None,
+        call_id: str,
+        result: CallResult,
+        t0: float,
+        client: str = "-",
     ) -> None:
         t = result.timings
+        total = trio.current_time() - t0
         if self.metrics is not None and fn is not None:
-            self.metrics.observe_call(name, result.status, t.queue, t.start, t.run, t.cold)
+            self.metrics.observe_call(
+                name, result.status, t.queue, t.start, t.run, t.cold, total=total
+            )
         log.info(
-            "call fn=%s id=%s status=%s total_ms=%.1f queue_ms=%.1f start_ms=%.1f run_ms=%.1f",
+            "call fn=%s id=%s status=%s client=%s total_ms=%.1f queue_ms=%.1f start_ms=%.1f "
+            "run_ms=%.1f",
             name,
             call_id,
             result.status,
-            (trio.current_time() - t0) * 1000,
+            client,
+            total * 1000,
             t.queue * 1000,
             t.start * 1000,
             t.run * 1000,

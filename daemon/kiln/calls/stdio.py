@@ -5,29 +5,24 @@ response body, stderr → Kiln's log. Exit 0 → 200; any other exit → 502 wit
 exit code and the tail of stderr; OOM-killed → 502 saying to raise ``memory``;
 over ``timeout`` → the container is killed and the caller gets 504.
 
-:func:`outcome` is the pure exit-code → HTTP mapping; :func:`run_stdio` does the I/O;
-:class:`StdioRunner` holds what every stdio call needs and maps Docker's failures.
+:func:`outcome` is the pure exit-code → HTTP mapping; :func:`run_stdio` does the I/O
+through the container runtime (:mod:`kiln.containers.runtime`), which also maps
+Docker's failures; :class:`StdioRunner` holds what every stdio call needs.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import trio
 
-from kiln.calls.errors import CallError, CallTimeout, FunctionFailed, docker_call_error
-from kiln.containers.janitor import Janitor
+from kiln.calls.errors import CallError, CallTimeout, FunctionFailed, OutputTooLarge
+from kiln.containers.logtail import StderrTail
+from kiln.containers.runtime import ContainerRuntime, docker_failures
 from kiln.containers.spec import Identity, container_config, container_name
-from kiln.docker import (
-    STDOUT,
-    AttachStream,
-    DockerClient,
-    DockerError,
-    DockerUnreachable,
-)
+from kiln.docker import STDOUT, AttachStream, DockerUnreachable
 from kiln.fncontract import PLAIN_POST, HttpRequest
 from kiln.functions.spec import FunctionSpec
 from kiln.trioutil import open_nursery
@@ -36,34 +31,6 @@ from kiln.units import format_size
 log = logging.getLogger("kiln.stdio")
 
 STDIN_CHUNK = 64 * 1024
-STDERR_TAIL_LINES = 20
-STDERR_TAIL_BYTES = 4096
-#: How long cleanup (kill/remove) may take once the call is over or cancelled.
-CLEANUP_TIMEOUT = 30.0
-
-
-class StderrTail:
-    """Keeps the last lines of a stream that arrives in arbitrary pieces."""
-
-    def __init__(self, max_lines: int = STDERR_TAIL_LINES, max_bytes: int = STDERR_TAIL_BYTES):
-        self._lines: deque[bytes] = deque(maxlen=max_lines)
-        self._partial = b""
-        self._max_bytes = max_bytes
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """Add data; returns the lines completed by it (for logging)."""
-        parts = (self._partial + data).split(b"\n")
-        self._partial = parts.pop()[-self._max_bytes :]
-        done = [p[-self._max_bytes :] for p in parts]
-        self._lines.extend(done)
-        return done
-
-    def text(self) -> str:
-        lines = list(self._lines)
-        if self._partial:
-            lines.append(self._partial)
-        text = b"\n".join(lines)[-self._max_bytes :]
-        return text.decode("utf-8", "replace").strip()
 
 
 @dataclass(frozen=True)
@@ -120,10 +87,6 @@ def http_env(http: HttpRequest) -> dict[str, str]:
     }
 
 
-class OutputTooLarge(FunctionFailed):
-    code = "output_too_large"
-
-
 async def _pump(
     stream: AttachStream, body: bytes, max_output: int, spec: FunctionSpec, call_id: str
 ) -> tuple[bytes, StderrTail]:
@@ -163,116 +126,71 @@ async def _pump(
 
 
 async def run_stdio(
-    docker: DockerClient,
+    runtime: ContainerRuntime,
     spec: FunctionSpec,
     identity: Identity,
     call_id: str,
     body: bytes,
     *,
     max_output: int,
-    janitor: Janitor | None = None,
     env: Mapping[str, str] | None = None,
 ) -> StdioOutput:
     """Run one ``stdio`` call in a fresh container; return its stdout and timings.
 
     The container is removed on every path — success, failure, timeout, and
-    cancellation (the removal runs shielded and bounded by CLEANUP_TIMEOUT).
-    Raises :class:`CallError` for function failures and DockerError for Docker's.
+    cancellation (by the runtime: shielded, bounded, the janitor as fallback).
+    Raises :class:`CallError`.
     """
     name = container_name(identity, spec.name, call_id)
     config = container_config(
         spec, identity, stdio=True, env=env, extra_labels={"kiln.call": call_id}
     )
-    # Until create returns, the container may or may not exist (a create that timed
-    # out or whose caller was cancelled may still have made it): its name is
-    # deterministic, so cleanup removes it by name.
-    cid: str | None = name
     t0 = trio.current_time()
-    try:
-        cid = await docker.create_container(config, name=name)
-        async with docker.attach(cid) as stream:
-            await docker.start(cid)
+    async with runtime.claim(spec, name) as box:
+        await runtime.create(box, config)
+        async with runtime.attach(box) as stream:
+            await runtime.start(box)
             started = trio.current_time()
             with trio.move_on_after(spec.timeout) as scope:
                 try:
-                    stdout, stderr = await _pump(stream, body, max_output, spec, call_id)
+                    with docker_failures(spec):
+                        stdout, stderr = await _pump(stream, body, max_output, spec, call_id)
                 except OutputTooLarge:
-                    await docker.kill(cid)
+                    await runtime.kill(box)
                     raise
-                result = await docker.wait(cid)
+                exit_code = await runtime.wait(box)
             if scope.cancelled_caught:
-                await docker.kill(cid)
+                await runtime.kill(box)
                 raise CallTimeout(
                     f"function {spec.name!r} did not finish within its timeout of "
                     f"{spec.timeout:g} s; its container was killed",
                     code="timeout",
                 )
-        oom = False
-        if result.status_code != 0:
-            state = (await docker.inspect(cid)).get("State", {})
-            oom = bool(state.get("OOMKilled"))
-        error = outcome(spec, ExitInfo(result.status_code, oom, stderr.text()))
+        oom = exit_code != 0 and await runtime.oom_killed(box)
+        error = outcome(spec, ExitInfo(exit_code, oom, stderr.text()))
         if error is not None:
             raise error
         return StdioOutput(stdout, started - t0, trio.current_time() - started)
-    finally:
-        if cid is not None:
-            await remove_container(docker, cid, spec.name, janitor)
-
-
-async def remove_container(
-    docker: DockerClient, cid: str, function: str, janitor: Janitor | None = None
-) -> None:
-    """Remove a container, shielded from cancellation and bounded in time. Never raises.
-
-    If Docker cannot remove it now, the janitor (if given) keeps trying later.
-    """
-    with trio.CancelScope(shield=True):
-        removed = False
-        with trio.move_on_after(CLEANUP_TIMEOUT):
-            try:
-                await docker.remove(cid, force=True)
-                removed = True
-            except DockerError as e:
-                log.error("could not remove container %s of %s: %s", cid[:12], function, e)
-        if not removed:
-            if janitor is not None:
-                janitor.remove_later(cid, function)
-            else:
-                log.error("container %s of %s was not removed", cid[:12], function)
 
 
 class StdioRunner:
-    """Runs stdio calls for the daemon: what every call needs (Docker, the daemon's
-    identity, the response limit, the janitor) held once. Docker's failures become
-    :class:`CallError` here."""
+    """Runs stdio calls for the daemon: what every call needs (the container
+    runtime, the daemon's identity, the response limit) held once."""
 
-    def __init__(
-        self,
-        docker: DockerClient,
-        identity: Identity,
-        *,
-        max_response: int,
-        janitor: Janitor | None = None,
-    ) -> None:
-        self.docker = docker
+    def __init__(self, runtime: ContainerRuntime, identity: Identity, *, max_response: int) -> None:
+        self.runtime = runtime
         self.identity = identity
         self.max_response = max_response
-        self.janitor = janitor
 
     async def run(
         self, spec: FunctionSpec, call_id: str, body: bytes, http: HttpRequest = PLAIN_POST
     ) -> StdioOutput:
-        try:
-            return await run_stdio(
-                self.docker,
-                spec,
-                self.identity,
-                call_id,
-                body,
-                max_output=self.max_response,
-                janitor=self.janitor,
-                env=http_env(http),
-            )
-        except DockerError as e:
-            raise docker_call_error(e, spec) from e
+        return await run_stdio(
+            self.runtime,
+            spec,
+            self.identity,
+            call_id,
+            body,
+            max_output=self.max_response,
+            env=http_env(http),
+        )

@@ -53,7 +53,8 @@ def container_config(
 ) -> dict[str, Any]:
     """The body of ``POST /containers/create`` for one container of ``spec``.
 
-    Hardened by default: an init process, read-only root with a tmpfs ``/tmp``,
+    Hardened by default: a non-root user (the spec's ``user``, ``1000:1000``
+    unless set), an init process, read-only root with a tmpfs ``/tmp``,
     memory = memory+swap = the function's memory, a pids limit, a nofile
     ulimit, every capability dropped, ``no-new-privileges``, and network
     ``none`` unless the function asks for one.
@@ -83,6 +84,7 @@ def container_config(
         "Env": [f"{k}={v}" for k, v in all_env.items()],
         "Labels": labels,
         "HostConfig": host_config,
+        "User": spec.user,
         "Tty": False,
         "NetworkDisabled": spec.network == "none",
     }

@@ -29,7 +29,6 @@ import trio
 from kiln.docker.errors import (
     DockerAPIError,
     DockerConflict,
-    DockerError,
     DockerNotFound,
     DockerProtocolError,
     DockerTimeout,
@@ -219,7 +218,7 @@ class DockerClient:
                 f"{operation}: cannot reach Docker at {self.socket_path}: {e or type(e).__name__}"
             ) from e
         except httpx.HTTPError as e:
-            raise DockerError(f"{operation}: {type(e).__name__}: {e}") from e
+            raise DockerProtocolError(f"{operation}: {type(e).__name__}: {e}") from e
         finally:
             if self.observer is not None:
                 self.observer(operation, status, trio.current_time() - t0)
@@ -262,7 +261,7 @@ class DockerClient:
         data = await self.version()
         api = str(data.get("ApiVersion", "0.0"))
         if _api_version_tuple(api) < MIN_API:
-            raise DockerError(
+            raise DockerProtocolError(
                 f"Docker Engine {data.get('Version', '?')} speaks API {api}; "
                 f"Kiln needs API {API_VERSION} or newer (Docker 20.10+): upgrade Docker"
             )

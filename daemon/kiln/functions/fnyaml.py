@@ -15,7 +15,7 @@ An Fn user's file is used as it is (``kiln deploy func.yaml``, or
                 ``default`` (Fn's name for one container per call: Kiln's ``stdio``)
 ``kiln``        a table of Kiln's own keys (``min_warm``, ``max_containers``,
                 ``cmd``, ``cpus``, ``rate``, ``network``, ``pids_limit``,
-                ``start_timeout``)
+                ``start_timeout``, ``user``)
 =============== ===============================================================
 
 Fn fields that only matter to ``fn build`` or Fn's server (:data:`IGNORED`:
@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from kiln.functions.spec import check_name, parse_function
-from kiln.functions.validate import ConfigError, Table, fail
+from kiln.functions.validate import ConfigError, Table, depth_problem, fail
 from kiln.units import MiB
 
 #: Fn's func.yaml fields that Kiln accepts but does not use, and why.
@@ -63,6 +63,7 @@ KILN_KEYS: tuple[str, ...] = (
     "pids_limit",
     "rate",
     "start_timeout",
+    "user",
 )
 
 #: The func.yaml fields Kiln reads.
@@ -149,6 +150,13 @@ def load_fn_yaml(path: str | Path) -> FnFunction:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(str(p), f"not valid YAML: {e}") from e
+    except RecursionError as e:
+        raise ConfigError(str(p), "not valid YAML: nested too deeply") from e
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise ConfigError(str(p), f"not valid YAML: {e}") from e
+    nested = depth_problem(raw)
+    if nested is not None:
+        raise ConfigError(str(p), nested)
     try:
         return from_fn(raw)
     except ConfigError as e:

@@ -11,7 +11,7 @@ remove, scale, reload) change it only through :meth:`FunctionRegistry.apply`,
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -54,6 +54,8 @@ class FunctionRegistry:
     ) -> None:
         self._functions = {name: _function(spec) for name, spec in specs.items()}
         self.supervisors = supervisors
+        #: Called with a function's name when it leaves the table (its logs and series go).
+        self.on_retired: list[Callable[[str], None]] = []
 
     # ---- reading -------------------------------------------------------------
 
@@ -113,6 +115,8 @@ class FunctionRegistry:
         self._functions.pop(name, None)
         if self.supervisors is not None:
             self.supervisors.remove(name, reason=reason)
+        for hook in self.on_retired:
+            hook(name)
 
     def rescale(
         self, name: str, *, min_warm: int | None, max_containers: int | None

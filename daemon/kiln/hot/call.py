@@ -14,13 +14,14 @@ from dataclasses import dataclass
 
 import trio
 
-from kiln.calls.errors import CallError, CallTimeout, FunctionFailed
-from kiln.calls.stdio import StderrTail
+from kiln.calls.errors import CallError, CallTimeout, FunctionFailed, OutputTooLarge
+from kiln.containers.logtail import StderrTail
 from kiln.fncontract import HttpRequest, Verdict, call_request_headers, interpret_response
 from kiln.functions.spec import FunctionSpec
 from kiln.hot.container import HotContainer
 from kiln.hot.dialer import Undelivered
-from kiln.hot.httpstream import FnProtocolError
+from kiln.hot.httpstream import FnProtocolError, ResponseTooLarge
+from kiln.units import format_size
 
 
 @dataclass(frozen=True)
@@ -32,16 +33,18 @@ class Answer:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How one call went: an answer or an error, and whether the container broke.
-
-    ``undelivered``: the call never reached the function (its listener could
-    not be reached), so it may go to another container.
-    """
+    """How one call went: an answer or an error, and whether the container broke."""
 
     answer: Answer | None = None
     error: CallError | None = None
     broken: str | None = None
+    #: The connection broke mid-call: the container may have died (e.g. OOM-killed).
+    lost: bool = False
+    #: The call never reached the function (its listener could not be reached), so it
+    #: may go to another container.
     undelivered: bool = False
+    #: What the container wrote during this call (when the connection was lost).
+    output: str | None = None
 
 
 #: How long a call that lost its connection waits to learn the container's exit code.
@@ -55,8 +58,11 @@ async def run_call(
     body: bytes,
     headers: Iterable[tuple[bytes, bytes]],
     http: HttpRequest | None = None,
+    *,
+    max_response: int,
 ) -> Outcome:
-    """Run one call on ``c``, bounded by the function's timeout."""
+    """Run one call on ``c``, bounded by the function's timeout; ``max_response`` is
+    the limit ``c``'s connection enforces (named in the error)."""
     conn = c.conn
     assert conn is not None
     deadline_unix = time.time() + spec.timeout
@@ -74,8 +80,17 @@ async def run_call(
             broken=f"listener unreachable: {e}",
             undelivered=True,
         )
+    except ResponseTooLarge as e:
+        return Outcome(
+            error=OutputTooLarge(
+                f"function {spec.name!r} answered more than {format_size(max_response)} "
+                "(the response limit, [daemon] max_response); its container was killed"
+            ),
+            broken=str(e),
+        )
     except FnProtocolError as e:
-        return Outcome(error=await _lost(spec, c, e), broken=f"protocol error: {e}")
+        error, output = await _lost(spec, c, e)
+        return Outcome(error=error, broken=f"protocol error: {e}", lost=True, output=output)
     finally:
         c.call_tail = None
     if scope.cancelled_caught:
@@ -111,20 +126,19 @@ async def run_call(
     return Outcome(answer=Answer(outcome.status, list(outcome.headers), response.body))
 
 
-async def _lost(spec: FunctionSpec, c: HotContainer, e: FnProtocolError) -> FunctionFailed:
+async def _lost(
+    spec: FunctionSpec, c: HotContainer, e: FnProtocolError
+) -> tuple[FunctionFailed, str]:
     """The error for a call whose connection broke: the container's exit code when it
-    died (waiting briefly for Docker to say so), and only this call's output."""
+    died (waiting briefly for Docker to say so), and only this call's output (also
+    returned)."""
     tail = c.call_tail
     with trio.move_on_after(EXIT_GRACE):
         await c.exited.wait()
     output = tail.text() if tail is not None else ""
     last = f"; last output: {output}" if output else ""
     if c.exit_code is not None:
-        return FunctionFailed(
-            f"function {spec.name!r} exited with code {c.exit_code} during the call{last}",
-            code="function_error",
-        )
-    return FunctionFailed(
-        f"function {spec.name!r} broke its connection during the call ({e}){last}",
-        code="function_error",
-    )
+        message = f"function {spec.name!r} exited with code {c.exit_code} during the call{last}"
+    else:
+        message = f"function {spec.name!r} broke its connection during the call ({e}){last}"
+    return FunctionFailed(message, code="function_error"), output

@@ -1,15 +1,18 @@
-"""One hot container's life in Docker: create, start, ready, logs, exit, kill, remove.
+"""One hot container's life: create, start, ready, logs, exit, kill, remove.
 
 :class:`HotContainer` is what a supervisor holds for one container (its
 scheduling state lives in :mod:`kiln.hot.scheduler`); :class:`Launcher` does
-the Docker and socket I/O for it.
+its I/O: Docker through the container runtime (:mod:`kiln.containers.runtime`,
+which also maps Docker's failures), the listener through the transport.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+import shutil
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -17,11 +20,13 @@ from pathlib import Path
 import trio
 
 from kiln.admission.memory import Reservation
-from kiln.calls.errors import CallTimeout, FunctionFailed, docker_call_error
-from kiln.calls.stdio import StderrTail, remove_container
-from kiln.containers.janitor import Janitor
+from kiln.calls.errors import CallError, CallTimeout, FunctionFailed
+from kiln.calls.stdio import ExitInfo
+from kiln.calls.stdio import outcome as exit_outcome
+from kiln.containers.logtail import StderrTail
+from kiln.containers.runtime import Box, ContainerRuntime
 from kiln.containers.spec import Identity, container_config
-from kiln.docker import STDOUT, DockerClient, DockerError, Frame
+from kiln.docker import STDOUT, Frame
 from kiln.fncontract import container_env
 from kiln.functions.spec import FunctionSpec
 from kiln.hot.dialer import Dialer
@@ -31,8 +36,10 @@ from kiln.hot.transport import ListenerTransport
 
 log = logging.getLogger("kiln.hot")
 
-#: How long killing a broken container may take before the call answers anyway.
-KILL_TIMEOUT = 10.0
+#: After a call's connection broke: how long to wait for Docker to report the exit.
+EXIT_REPORT_WAIT = 1.0
+#: How long asking Docker whether a container was OOM-killed may take.
+OOM_CHECK_TIMEOUT = 5.0
 
 
 def make_iofs_dir(path: Path) -> None:
@@ -50,23 +57,27 @@ class HotContainer:
 
     seq: int
     name: str
+    iofs: Path
     created_at: float = 0.0
-    cid: str | None = None
-    create_sent: bool = False
+    box: Box | None = None
     ready_at: float = 0.0
     calls: int = 0
     current_call: str | None = None
     conn: Dialer | None = None
-    reservation: Reservation | None = None
-    exit_code: int | None = None
-    exited: trio.Event = field(default_factory=trio.Event)
     #: Output of the call in progress only (``log_tail`` spans the container's life).
     call_tail: StderrTail | None = None
+    reservation: Reservation | None = None
+    exit_code: int | None = None
     log_tail: StderrTail = field(default_factory=StderrTail)
     retire: trio.Event = field(default_factory=trio.Event)
+    exited: trio.Event = field(default_factory=trio.Event)
     retire_reason: str = ""
     idle_deadline: float = math.inf
     _idle_scope: trio.CancelScope | None = None
+
+    @property
+    def cid(self) -> str | None:
+        return self.box.id if self.box is not None else None
 
     def retire_now(self, reason: str) -> None:
         if not self.retire.is_set():
@@ -90,29 +101,41 @@ class HotContainer:
 
 
 class Launcher:
-    """The Docker side of one function's hot containers."""
+    """The I/O side of one function's hot containers."""
 
     def __init__(
         self,
         spec: FunctionSpec,
         *,
-        docker: DockerClient,
+        runtime: ContainerRuntime,
         identity: Identity,
         transport: ListenerTransport,
-        janitor: Janitor | None,
+        max_response: int,
     ) -> None:
         self.spec = spec
-        self.docker = docker
+        self.runtime = runtime
         self.identity = identity
         self.transport = transport
-        self.janitor = janitor
+        self.max_response = max_response
+
+    @asynccontextmanager
+    async def claim(self, c: HotContainer) -> AsyncIterator[None]:
+        """Own ``c``'s container and its /tmp/iofs dir: leaving the block closes the
+        connection and removes both, on every path (shielded). Never raises."""
+        try:
+            async with self.runtime.claim(self.spec, c.name) as box:
+                c.box = box
+                try:
+                    yield
+                finally:
+                    if c.conn is not None:
+                        with trio.CancelScope(shield=True):
+                            await c.conn.aclose()
+        finally:
+            shutil.rmtree(c.iofs, ignore_errors=True)
 
     async def start(
-        self,
-        c: HotContainer,
-        iofs: Path,
-        nursery: trio.Nursery,
-        on_exit: Callable[[HotContainer], None],
+        self, c: HotContainer, nursery: trio.Nursery, on_exit: Callable[[HotContainer], None]
     ) -> None:
         """Create and start ``c``, wait for its listener and connect. Raises CallError.
 
@@ -120,23 +143,21 @@ class Launcher:
         ``on_exit`` is told when the container exits.
         """
         spec = self.spec
-        make_iofs_dir(iofs)
+        box = c.box
+        assert box is not None
+        make_iofs_dir(c.iofs)
         config = container_config(
             spec,
             self.identity,
             stdio=False,
             env=container_env(spec.name, spec.memory, spec.env),
-            binds=[f"{iofs}:/tmp/iofs"],
+            binds=[f"{c.iofs}:/tmp/iofs"],
         )
-        try:
-            c.create_sent = True
-            c.cid = await self.docker.create_container(config, name=c.name)
-            await self.docker.start(c.cid)
-        except DockerError as e:
-            raise docker_call_error(e, spec) from e
+        await self.runtime.create(box, config)
+        await self.runtime.start(box)
         exited = trio.Event()
-        nursery.start_soon(self._watch_exit, c, exited, on_exit)
-        nursery.start_soon(self._follow_logs, c)
+        nursery.start_soon(self._watch_exit, c, box, exited, on_exit)
+        nursery.start_soon(self._follow_logs, c, box)
         socket_path: Path | None = None
         invalid: ListenerInvalid | None = None
         with trio.move_on_after(spec.start_timeout) as scope:
@@ -145,7 +166,7 @@ class Launcher:
                 async def listener() -> None:
                     nonlocal socket_path, invalid
                     try:
-                        socket_path = await self.transport.wait_ready(iofs)
+                        socket_path = await self.transport.wait_ready(c.iofs)
                     except ListenerInvalid as e:
                         invalid = e
                     race.cancel_scope.cancel()
@@ -162,7 +183,14 @@ class Launcher:
             )
         if socket_path is None:
             if exited.is_set():
-                tail = await self._log_tail(c)
+                tail = await self.runtime.log_tail(box)
+                tail = c.log_tail.text() if tail is None else tail
+                oom = await self.out_of_memory(c, tail)
+                if oom is not None:
+                    raise FunctionFailed(
+                        f"{oom.message} (the container died before it was ready)",
+                        code=oom.code,
+                    )
                 raise FunctionFailed(
                     f"function {spec.name!r} failed to initialize: its container exited "
                     f"(code {c.exit_code}) before it was ready"
@@ -177,7 +205,8 @@ class Launcher:
                 )
         assert socket_path is not None
         dialer = Dialer(
-            partial(self.transport.connect, socket_path), idle=self.transport.connection_idle
+            partial(self.transport.connect, socket_path, max_response=self.max_response),
+            idle=self.transport.connection_idle,
         )
         try:
             await dialer.connect()
@@ -189,21 +218,21 @@ class Launcher:
         nursery.start_soon(dialer.run)
 
     async def _watch_exit(
-        self, c: HotContainer, exited: trio.Event, on_exit: Callable[[HotContainer], None]
+        self,
+        c: HotContainer,
+        box: Box,
+        exited: trio.Event,
+        on_exit: Callable[[HotContainer], None],
     ) -> None:
-        assert c.cid is not None
         try:
-            result = await self.docker.wait(c.cid)
-            c.exit_code = result.status_code
-        except DockerError as e:
+            c.exit_code = await self.runtime.wait(box)
+        except CallError as e:
             log.warning("fn=%s container %s: lost track of it: %s", self.spec.name, c.name, e)
         exited.set()
         c.exited.set()
         on_exit(c)
 
-    async def _follow_logs(self, c: HotContainer) -> None:
-        assert c.cid is not None
-
+    async def _follow_logs(self, c: HotContainer, box: Box) -> None:
         def on_frame(frame: Frame) -> None:
             if c.call_tail is not None:
                 c.call_tail.feed(frame.data)
@@ -216,41 +245,37 @@ class Launcher:
                     line.decode("utf-8", "replace"),
                 )
 
-        try:
-            await self.docker.follow_logs(c.cid, on_frame)
-        except DockerError as e:
-            log.debug("fn=%s container %s: log stream ended: %s", self.spec.name, c.name, e)
+        await self.runtime.follow_logs(box, on_frame)
 
-    async def _log_tail(self, c: HotContainer) -> str:
-        if c.cid is None:
-            return c.log_tail.text()
+    async def out_of_memory(self, c: HotContainer, tail: str) -> CallError | None:
+        """The caller's ``out_of_memory`` error if ``c`` (which has exited) was
+        OOM-killed, else None. Never raises."""
+        if c.box is None or c.exit_code is None:
+            return None
         try:
-            with trio.move_on_after(5):
-                out, err = await self.docker.logs(c.cid, tail=20)
-                return (out + err).decode("utf-8", "replace").strip()[-2000:]
-        except DockerError:
-            pass
-        return c.log_tail.text()
+            with trio.move_on_after(OOM_CHECK_TIMEOUT):
+                oom = await self.runtime.oom_killed(c.box)
+        except CallError:
+            oom = False
+        error = exit_outcome(self.spec, ExitInfo(c.exit_code, oom, tail))
+        return error if error is not None and error.code == "out_of_memory" else None
+
+    async def why_lost(
+        self, c: HotContainer, error: CallError, output: str | None = None
+    ) -> CallError:
+        """A call's connection broke: if the container died of its memory limit, say
+        so (``out_of_memory``, "raise `memory`"), else keep ``error``. Waits a moment
+        for Docker to report the exit. ``output`` is the call's own output (default:
+        the container's recent output). Never raises."""
+        with trio.move_on_after(EXIT_REPORT_WAIT):
+            await c.exited.wait()
+        if not c.exited.is_set():
+            return error
+        tail = output if output is not None else c.log_tail.text()
+        return await self.out_of_memory(c, tail) or error
 
     async def kill(self, c: HotContainer) -> None:
-        """Kill a broken container, shielded and bounded: the caller (and the next call)
-        never meets it again. Never raises."""
-        if c.cid is None:
-            return
-        with trio.CancelScope(shield=True), trio.move_on_after(KILL_TIMEOUT):
-            try:
-                await self.docker.kill(c.cid)
-            except DockerError as e:
-                log.warning("fn=%s: could not kill %s: %s", self.spec.name, c.name, e)
-
-    async def remove(self, c: HotContainer) -> None:
-        """Close the connection and remove the container, shielded. Never raises."""
-        with trio.CancelScope(shield=True):
-            if c.conn is not None:
-                await c.conn.aclose()
-            # A create cancelled or timed out after Docker got it may still have made the
-            # container: its name is deterministic, so remove it by name.
-            target = c.cid or (c.name if c.create_sent else None)
-            if target is None:
-                return
-            await remove_container(self.docker, target, self.spec.name, self.janitor)
+        """Kill a broken container (shielded, bounded, never raises): the caller and the
+        next call never meet it again."""
+        if c.box is not None:
+            await self.runtime.kill(c.box)

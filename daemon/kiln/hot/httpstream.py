@@ -56,6 +56,14 @@ class RequestNotSent(FnProtocolError):
     """Not one byte of the request reached the function: it is safe to send it again."""
 
 
+class ResponseTooLarge(FnProtocolError):
+    """The answer's body is over the connection's ``max_response`` (the rest is unread)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the answer is over {limit} bytes")
+        self.limit = limit
+
+
 @dataclass(slots=True)
 class FnResponse:
     """A whole answer to ``POST /call``. Header names are lowercase (as h11 gives them)."""
@@ -230,7 +238,7 @@ class FnConnection:
                 elif type(event) is h11.Data:
                     size += len(event.data)
                     if size > self.max_response:
-                        raise FnProtocolError(f"the answer is over {self.max_response} bytes")
+                        raise ResponseTooLarge(self.max_response)
                     chunks.append(event.data)
                 elif type(event) is h11.Response:
                     status = event.status_code

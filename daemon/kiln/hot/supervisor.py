@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +29,8 @@ import trio
 
 from kiln.admission.memory import EvictionCandidate, MemoryBudget
 from kiln.calls.errors import CallError, Unavailable
-from kiln.containers.janitor import Janitor
+from kiln.containers.runtime import ContainerRuntime
 from kiln.containers.spec import Identity, container_name
-from kiln.docker import DockerClient
 from kiln.fncontract import HttpRequest
 from kiln.functions.spec import FunctionSpec
 from kiln.hot.call import Outcome, run_call
@@ -49,6 +47,7 @@ from kiln.hot.scheduler import (
     Start,
 )
 from kiln.hot.transport import ListenerTransport, UnixTransport
+from kiln.trioutil import open_nursery
 
 log = logging.getLogger("kiln.hot")
 
@@ -114,13 +113,13 @@ class Supervisor:
         self,
         spec: FunctionSpec,
         *,
-        docker: DockerClient,
+        runtime: ContainerRuntime,
         memory: MemoryBudget,
         identity: Identity,
         iofs_root: Path,
+        max_response: int,
         queue_max: int = 100,
         queue_wait: float = 10.0,
-        janitor: Janitor | None = None,
         transport: ListenerTransport | None = None,
     ) -> None:
         self.spec = spec
@@ -131,10 +130,10 @@ class Supervisor:
         self.queue_wait = queue_wait
         self.launcher = Launcher(
             spec,
-            docker=docker,
+            runtime=runtime,
             identity=identity,
             transport=transport or UnixTransport(),
-            janitor=janitor,
+            max_response=max_response,
         )
         self.scheduler = Scheduler(
             max_containers=spec.max_containers,
@@ -196,7 +195,9 @@ class Supervisor:
     def _launch(self, seq: int) -> None:
         assert self._nursery is not None
         name = container_name(self.identity, self.spec.name, f"{self.identity.instance}-{seq}")
-        c = HotContainer(seq=seq, name=name, created_at=trio.current_time())
+        c = HotContainer(
+            seq=seq, name=name, iofs=self.iofs_root / name, created_at=trio.current_time()
+        )
         self._containers[seq] = c
         self._nursery.start_soon(self._life, c, name=f"container {c.name}")
 
@@ -350,7 +351,12 @@ class Supervisor:
         c.calls += 1
         broken: str | None = "call cancelled"
         try:
-            outcome = await run_call(self.spec, c, call_id, body, headers, http)
+            outcome = await run_call(
+                self.spec, c, call_id, body, headers, http, max_response=self.launcher.max_response
+            )
+            if outcome.lost and outcome.error is not None:
+                why = await self.launcher.why_lost(c, outcome.error, outcome.output)
+                outcome = dataclasses.replace(outcome, error=why)
             broken = outcome.broken
         finally:
             if broken is not None:
@@ -362,47 +368,44 @@ class Supervisor:
     # ---- one container's life ---------------------------------------------------
 
     async def _life(self, c: HotContainer) -> None:
-        iofs = self.iofs_root / c.name
         try:
-            async with self.memory.reserve(self.spec.memory, owner=self.spec.name) as reservation:
-                c.reservation = reservation
-                async with trio.open_nursery() as nursery:
-                    try:
-                        await self.launcher.start(c, iofs, nursery, self._on_exit)
-                    except CallError as e:
-                        log.warning(
-                            "fn=%s container %s failed to start: %s",
-                            self.spec.name,
-                            c.name,
-                            e.message,
-                        )
-                        self._apply(self.scheduler.start_failed(c.seq), e)
-                        nursery.cancel_scope.cancel()
-                        return
-                    c.ready_at = trio.current_time()
-                    log.info(
-                        "fn=%s container %s ready in %.0f ms",
-                        self.spec.name,
-                        c.name,
-                        (c.ready_at - c.created_at) * 1000,
+            async with self.launcher.claim(c):  # removed on leaving, on every path
+                try:
+                    await self._reserved_life(c)
+                except CallError as e:  # no memory, or it failed to start
+                    log.warning(
+                        "fn=%s container %s failed to start: %s", self.spec.name, c.name, e.message
                     )
-                    self._apply(self.scheduler.container_ready(c.seq, c.ready_at))
-                    await self._serve(c)
-                    nursery.cancel_scope.cancel()
-        except CallError as e:  # no memory (queue full / waited too long)
-            self._apply(self.scheduler.start_failed(c.seq), e)
-        except Exception as e:
-            # A bug must not take the whole supervisor (and daemon) down with it.
-            log.exception("fn=%s container %s: unexpected error", self.spec.name, c.name)
-            error = CallError(f"internal error starting a container: {e!r}")
-            self._apply(self.scheduler.start_failed(c.seq), error)
+                    self._apply(self.scheduler.start_failed(c.seq), e)
+                except Exception as e:
+                    # A bug must not take the whole supervisor (and daemon) down with it.
+                    log.exception("fn=%s container %s: unexpected error", self.spec.name, c.name)
+                    error = CallError(f"internal error starting a container: {e!r}")
+                    self._apply(self.scheduler.start_failed(c.seq), error)
         finally:
-            await self.launcher.remove(c)
-            shutil.rmtree(iofs, ignore_errors=True)
             del self._containers[c.seq]
             if c.retire_reason:
                 log.info("fn=%s container %s removed: %s", self.spec.name, c.name, c.retire_reason)
             self._apply(self.scheduler.container_removed(c.seq))
+
+    async def _reserved_life(self, c: HotContainer) -> None:
+        """Reserve its memory, start it, serve until retired. Raises CallError if it cannot start."""
+        async with (
+            self.memory.reserve(self.spec.memory, owner=self.spec.name) as reservation,
+            open_nursery() as nursery,
+        ):
+            c.reservation = reservation
+            await self.launcher.start(c, nursery, self._on_exit)
+            c.ready_at = trio.current_time()
+            log.info(
+                "fn=%s container %s ready in %.0f ms",
+                self.spec.name,
+                c.name,
+                (c.ready_at - c.created_at) * 1000,
+            )
+            self._apply(self.scheduler.container_ready(c.seq, c.ready_at))
+            await self._serve(c)
+            nursery.cancel_scope.cancel()
 
     async def _serve(self, c: HotContainer) -> None:
         """Ready: serve calls and idle until retired (by the scheduler, on its idle deadline)."""

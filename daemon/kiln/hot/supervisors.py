@@ -15,9 +15,8 @@ from pathlib import Path
 import trio
 
 from kiln.admission.memory import EvictionCandidate, MemoryBudget
-from kiln.containers.janitor import Janitor
+from kiln.containers.runtime import ContainerRuntime
 from kiln.containers.spec import Identity
-from kiln.docker import DockerClient
 from kiln.functions.spec import FunctionSpec
 from kiln.hot.supervisor import Supervisor, SupervisorStatistics
 from kiln.hot.transport import ListenerTransport
@@ -33,21 +32,21 @@ class Supervisors:
     def __init__(
         self,
         *,
-        docker: DockerClient,
+        runtime: ContainerRuntime,
         memory: MemoryBudget,
         identity: Identity,
         iofs_root: Path,
+        max_response: int,
         queue_max: int,
         queue_wait: float,
-        janitor: Janitor | None = None,
         transport: ListenerTransport | None = None,
     ) -> None:
-        self.janitor = janitor
         self.transport = transport
-        self.docker = docker
+        self.runtime = runtime
         self.memory = memory
         self.identity = identity
         self.iofs_root = iofs_root
+        self.max_response = max_response
         self.queue_max = queue_max
         self.queue_wait = queue_wait
         self.by_name: dict[str, Supervisor] = {}
@@ -78,13 +77,13 @@ class Supervisors:
         assert self._nursery is not None
         supervisor = Supervisor(
             spec,
-            docker=self.docker,
+            runtime=self.runtime,
             memory=self.memory,
             identity=self.identity,
             iofs_root=self.iofs_root,
+            max_response=self.max_response,
             queue_max=self.queue_max,
             queue_wait=self.queue_wait,
-            janitor=self.janitor,
             transport=self.transport,
         )
         scope = trio.CancelScope()

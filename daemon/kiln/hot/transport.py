@@ -34,7 +34,9 @@ class ListenerTransport(Protocol):
 
     async def wait_ready(self, iofs: Path) -> Path: ...
 
-    async def connect(self, socket_path: Path) -> HotConnection: ...
+    async def connect(self, socket_path: Path, *, max_response: int) -> HotConnection:
+        """A connection whose answers over ``max_response`` bytes raise ResponseTooLarge."""
+        ...
 
 
 class UnixTransport:
@@ -46,5 +48,5 @@ class UnixTransport:
     async def wait_ready(self, iofs: Path) -> Path:
         return await wait_for_listener(iofs)
 
-    async def connect(self, socket_path: Path) -> HotConnection:
-        return await FnConnection.open(socket_path)
+    async def connect(self, socket_path: Path, *, max_response: int) -> HotConnection:
+        return await FnConnection.open(socket_path, max_response=max_response)

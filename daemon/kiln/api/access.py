@@ -1,0 +1,146 @@
+"""Who may use the invoke API: bearer tokens and CORS, in front of the invoke app.
+
+An ASGI wrapper, so the invoke app itself knows nothing of either:
+
+* ``/healthz`` is always open;
+* ``/metrics`` needs a token when ``[metrics] require_token`` is set;
+* ``/invoke/{name}…``: a CORS preflight is answered here (before auth:
+  browsers send no credentials with it); with ``auth = "token"`` the call needs
+  a token for ``name`` (401 / 403 otherwise); answers to an allowed origin carry
+  ``Access-Control-Allow-Origin``, errors included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any
+
+from kiln.api import cors
+from kiln.api.auth import Tokens, Verdict, bearer
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+INVOKE_PREFIX = "/invoke/"
+_CHALLENGE = b'Bearer realm="kiln"'
+
+
+def _error(code: str, message: str) -> bytes:
+    import json
+
+    return json.dumps({"error": {"code": code, "message": message}}).encode() + b"\n"
+
+
+async def _answer(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    hs = [*headers, (b"content-length", str(len(body)).encode())]
+    if body:
+        hs.append((b"content-type", b"application/json"))
+    await send({"type": "http.response.start", "status": status, "headers": hs})
+    await send({"type": "http.response.body", "body": body})
+
+
+class AccessGate:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        tokens: Tokens | None,
+        metrics_need_token: bool = False,
+        origins: Callable[[str], Sequence[str]] = lambda name: (),
+    ) -> None:
+        self.app = app
+        self.tokens = tokens
+        self.metrics_need_token = metrics_need_token
+        self.origins = origins
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        if path.startswith(INVOKE_PREFIX):
+            name = path[len(INVOKE_PREFIX) :].split("/", 1)[0]
+            allow = cors.allowed(self.origins(name), cors.header(headers, b"origin"))
+            if cors.is_preflight(scope["method"], headers):
+                if allow is None:
+                    await _answer(
+                        send,
+                        403,
+                        _error(
+                            "cors_forbidden",
+                            f"origin not allowed for function {name!r} (cors_origins)",
+                        ),
+                        [],
+                    )
+                else:
+                    await _answer(
+                        send,
+                        204,
+                        b"",
+                        cors.preflight_headers(
+                            allow, cors.header(headers, b"access-control-request-headers")
+                        ),
+                    )
+                return
+            extra = cors.response_headers(allow) if allow is not None else []
+            if self.tokens is not None and not await self._authorized(send, headers, name, extra):
+                return
+            if extra:
+                send = _with_headers(send, extra)
+            await self.app(scope, receive, send)
+            return
+        if (
+            path == "/metrics"
+            and self.metrics_need_token
+            and self.tokens is not None
+            and not await self._authorized(send, headers, None, [])
+        ):
+            return
+        await self.app(scope, receive, send)
+
+    async def _authorized(
+        self,
+        send: Send,
+        headers: list[tuple[bytes, bytes]],
+        function: str | None,
+        extra: list[tuple[bytes, bytes]],
+    ) -> bool:
+        assert self.tokens is not None
+        verdict = self.tokens.check(bearer(cors.header(headers, b"authorization")), function)
+        if verdict is Verdict.OK:
+            return True
+        if verdict is Verdict.FORBIDDEN:
+            await _answer(
+                send,
+                403,
+                _error("forbidden", f"this token may not call function {function!r}"),
+                extra,
+            )
+        elif verdict is Verdict.MISSING:
+            await _answer(
+                send,
+                401,
+                _error("unauthorized", "give a token: Authorization: Bearer kiln_…"),
+                [*extra, (b"www-authenticate", _CHALLENGE)],
+            )
+        else:
+            await _answer(
+                send,
+                401,
+                _error("unauthorized", "the token is not valid (unknown, revoked or malformed)"),
+                [*extra, (b"www-authenticate", _CHALLENGE + b', error="invalid_token"')],
+            )
+        return False
+
+
+def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *extra]}
+        await send(message)
+
+    return wrapped

@@ -1,0 +1,200 @@
+"""The one way Kiln runs containers, and the one place Docker's failures become caller errors.
+
+Both call formats use it: a ``stdio`` call's container and a hot function's
+containers live as ::
+
+    async with runtime.claim(spec, name) as box:   # leaving it removes the container
+        await runtime.create(box, config)
+        await runtime.start(box)
+        ...
+
+* **Removal by deterministic name.** Once a create has been sent, the container
+  may exist even if the create was cancelled or timed out before Docker
+  answered; leaving :meth:`ContainerRuntime.claim` removes it by id, else by its
+  name. A claim whose create was never sent removes nothing.
+* **Shielded and bounded.** Removal and kill run shielded from cancellation and
+  end within a timeout; what Docker could not remove goes to the janitor, which
+  keeps trying. Neither ever raises: cleanup never hides the call's own outcome.
+* **One error boundary.** Docker's failures become :class:`CallError` in
+  :func:`call_error`, applied by :func:`docker_failures` around every Docker
+  call made for a call: Docker down or not answering → 503; the image missing →
+  502 naming it; any other refusal → 502 with Docker's message. Callers above
+  this module never see a ``DockerError``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from kiln.calls.errors import CallError, FunctionFailed, Unavailable
+from kiln.containers.janitor import Janitor
+from kiln.docker import (
+    AttachStream,
+    DockerAPIError,
+    DockerClient,
+    DockerError,
+    DockerNotFound,
+    DockerTimeout,
+    DockerUnreachable,
+    Frame,
+)
+from kiln.functions.spec import FunctionSpec
+
+log = logging.getLogger("kiln.containers")
+
+#: How long removing a container may take once its call is over (or cancelled).
+CLEANUP_TIMEOUT = 30.0
+#: How long killing a container may take.
+KILL_TIMEOUT = 10.0
+#: How long fetching the tail of a container's log may take.
+LOG_TAIL_TIMEOUT = 5.0
+#: Retry-After (seconds) when Docker is down or not answering.
+DOCKER_RETRY_AFTER = 5.0
+
+
+def call_error(e: DockerError, spec: FunctionSpec) -> CallError:
+    """What the caller is told when Docker failed us."""
+    if isinstance(e, DockerUnreachable):
+        return Unavailable(
+            f"Docker is unreachable: {e}", code="docker_unavailable", retry_after=DOCKER_RETRY_AFTER
+        )
+    if isinstance(e, DockerTimeout):
+        return Unavailable(
+            f"Docker is not answering: {e}",
+            code="docker_unavailable",
+            retry_after=DOCKER_RETRY_AFTER,
+        )
+    if isinstance(e, DockerNotFound) and "image" in e.message.lower():
+        return FunctionFailed(
+            f"image {spec.image!r} of function {spec.name!r} is not on this host "
+            f"(Docker: {e.message}); pull or import it",
+            code="image_not_found",
+        )
+    if isinstance(e, DockerAPIError):
+        return FunctionFailed(f"Docker refused: {e}", code="docker_error")
+    return FunctionFailed(f"Docker failed: {e}", code="docker_error")
+
+
+@contextmanager
+def docker_failures(spec: FunctionSpec) -> Iterator[None]:
+    """Turn a DockerError raised inside the block into the caller's :class:`CallError`."""
+    try:
+        yield
+    except DockerError as e:
+        raise call_error(e, spec) from e
+
+
+@dataclass(eq=False)
+class Box:
+    """One container claimed for a function: its name always, its id once Docker gave it."""
+
+    spec: FunctionSpec
+    name: str
+    id: str | None = None
+    create_sent: bool = False
+
+    @property
+    def ref(self) -> str:
+        """How Docker knows it: the id, else the (deterministic, unique) name."""
+        return self.id or self.name
+
+
+class ContainerRuntime:
+    """Creates, starts, kills and removes containers over one Docker client."""
+
+    def __init__(self, docker: DockerClient, *, janitor: Janitor | None = None) -> None:
+        self.docker = docker
+        self.janitor = janitor
+
+    @asynccontextmanager
+    async def claim(self, spec: FunctionSpec, name: str) -> AsyncIterator[Box]:
+        """Own the container called ``name``: it is removed when the block is left."""
+        box = Box(spec, name)
+        try:
+            yield box
+        finally:
+            if box.create_sent:
+                await self.remove(box)
+
+    async def create(self, box: Box, config: Mapping[str, Any]) -> str:
+        box.create_sent = True
+        with docker_failures(box.spec):
+            box.id = await self.docker.create_container(config, name=box.name)
+        return box.id
+
+    async def start(self, box: Box) -> None:
+        with docker_failures(box.spec):
+            await self.docker.start(box.ref)
+
+    @asynccontextmanager
+    async def attach(self, box: Box) -> AsyncIterator[AttachStream]:
+        """The container's stdio (attach before start). Stream errors stay Docker's:
+        wrap their use in :func:`docker_failures`."""
+        with docker_failures(box.spec):
+            async with self.docker.attach(box.ref) as stream:
+                yield stream
+
+    async def wait(self, box: Box) -> int:
+        """Block until the container stops; its exit code."""
+        with docker_failures(box.spec):
+            return (await self.docker.wait(box.ref)).status_code
+
+    async def oom_killed(self, box: Box) -> bool:
+        with docker_failures(box.spec):
+            state = (await self.docker.inspect(box.ref)).get("State", {})
+        return bool(state.get("OOMKilled"))
+
+    async def follow_logs(self, box: Box, on_frame: Callable[[Frame], None]) -> None:
+        """Hand each output frame to ``on_frame`` until the container exits or the
+        stream breaks (then it returns). Never raises."""
+        try:
+            await self.docker.follow_logs(box.ref, on_frame)
+        except DockerError as e:
+            log.debug("container %s of %s: log stream ended: %s", box.name, box.spec.name, e)
+
+    async def log_tail(self, box: Box, lines: int = 20) -> str | None:
+        """The last lines the container wrote, or None if Docker cannot say soon. Never raises."""
+        with trio.move_on_after(LOG_TAIL_TIMEOUT):
+            try:
+                out, err = await self.docker.logs(box.ref, tail=lines)
+            except DockerError:
+                return None
+            return (out + err).decode("utf-8", "replace").strip()[-2000:]
+        return None
+
+    async def kill(self, box: Box) -> None:
+        """Kill the container, shielded and bounded. Never raises (its removal follows)."""
+        if not box.create_sent:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(KILL_TIMEOUT):
+            try:
+                await self.docker.kill(box.ref)
+            except DockerError as e:
+                log.warning("could not kill container %s of %s: %s", box.name, box.spec.name, e)
+
+    async def remove(self, box: Box) -> None:
+        """Remove the container, shielded and bounded. Never raises.
+
+        If Docker cannot remove it now, the janitor (if any) keeps trying later.
+        """
+        ref = box.ref
+        function = box.spec.name
+        with trio.CancelScope(shield=True):
+            removed = False
+            with trio.move_on_after(CLEANUP_TIMEOUT):
+                try:
+                    await self.docker.remove(ref, force=True)
+                    removed = True
+                except DockerError as e:
+                    log.error("could not remove container %s of %s: %s", ref[:12], function, e)
+            if not removed:
+                if self.janitor is not None:
+                    self.janitor.remove_later(ref, function)
+                else:
+                    log.error("container %s of %s was not removed", ref[:12], function)

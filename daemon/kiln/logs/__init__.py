@@ -1,0 +1,1 @@
+"""Function logs: capture, store, mirror, forward, follow."""
