@@ -16,7 +16,6 @@ from pathlib import Path
 import trio
 
 from kiln.admission.memory import MemoryBudget
-from kiln.api.access import ASGIApp
 from kiln.api.control import ControlApp
 from kiln.api.operations import Operations
 from kiln.asyncq.clock import WallClock
@@ -30,6 +29,7 @@ from kiln.functions.registry import FunctionRegistry
 from kiln.functions.spec import FunctionSpec
 from kiln.functions.store import FunctionStore
 from kiln.hot.supervisors import Supervisors
+from kiln.http.asgi import ASGIApp
 from kiln.metrics import Metrics
 from kiln.units import GiB
 from kiln.wiring import Daemon

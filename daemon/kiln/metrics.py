@@ -337,7 +337,8 @@ class _AsyncCollector(Collector):
             value=0.0 if oldest is None else max(0.0, self.queue.clock.now() - oldest),
         )
         held = GaugeMetricFamily(
-            "kiln_async_held_bytes", "Memory held by async calls running here, and the cap",
+            "kiln_async_held_bytes",
+            "Memory held by async calls running here, and the cap",
             labels=["kind"],
         )
         held.add_metric(["held"], self.dispatcher.held)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import trio
 
 from kiln.calls.errors import CallError, CallTimeout, FunctionFailed, OutputTooLarge
-from kiln.containers.logtail import StderrTail
 from kiln.fncontract import HttpRequest, Verdict, call_request_headers, interpret_response
 from kiln.functions.spec import FunctionSpec
 from kiln.hot.container import HotContainer
@@ -43,8 +42,6 @@ class Outcome:
     #: The call never reached the function (its listener could not be reached), so it
     #: may go to another container.
     undelivered: bool = False
-    #: What the container wrote during this call (when the connection was lost).
-    output: str | None = None
 
 
 #: How long a call that lost its connection waits to learn the container's exit code.
@@ -67,7 +64,6 @@ async def run_call(
     assert conn is not None
     deadline_unix = time.time() + spec.timeout
     request_headers = call_request_headers(call_id, deadline_unix, headers, http)
-    c.call_tail = StderrTail()
     try:
         with trio.move_on_after(spec.timeout) as scope:
             response = await conn.call(request_headers, body)
@@ -89,10 +85,9 @@ async def run_call(
             broken=str(e),
         )
     except FnProtocolError as e:
-        error, output = await _lost(spec, c, e)
-        return Outcome(error=error, broken=f"protocol error: {e}", lost=True, output=output)
-    finally:
-        c.call_tail = None
+        return Outcome(
+            error=await _lost(spec, c, call_id, e), broken=f"protocol error: {e}", lost=True
+        )
     if scope.cancelled_caught:
         return Outcome(
             error=CallTimeout(
@@ -127,18 +122,18 @@ async def run_call(
 
 
 async def _lost(
-    spec: FunctionSpec, c: HotContainer, e: FnProtocolError
-) -> tuple[FunctionFailed, str]:
+    spec: FunctionSpec, c: HotContainer, call_id: str, e: FnProtocolError
+) -> FunctionFailed:
     """The error for a call whose connection broke: the container's exit code when it
-    died (waiting briefly for Docker to say so), and only this call's output (also
-    returned)."""
-    tail = c.call_tail
+    died (waiting briefly for Docker to say so), and only this call's output."""
     with trio.move_on_after(EXIT_GRACE):
         await c.exited.wait()
-    output = tail.text() if tail is not None else ""
+    with trio.move_on_after(EXIT_GRACE):
+        await c.output_done.wait()  # its last words, read to the end
+    output = c.output_tail(call_id)
     last = f"; last output: {output}" if output else ""
     if c.exit_code is not None:
         message = f"function {spec.name!r} exited with code {c.exit_code} during the call{last}"
     else:
         message = f"function {spec.name!r} broke its connection during the call ({e}){last}"
-    return FunctionFailed(message, code="function_error"), output
+    return FunctionFailed(message, code="function_error")

@@ -47,6 +47,7 @@ from kiln.hot.scheduler import (
     Start,
 )
 from kiln.hot.transport import ListenerTransport, UnixTransport
+from kiln.logs.service import Logs
 from kiln.trioutil import open_nursery
 
 log = logging.getLogger("kiln.hot")
@@ -121,6 +122,7 @@ class Supervisor:
         queue_max: int = 100,
         queue_wait: float = 10.0,
         transport: ListenerTransport | None = None,
+        logs: Logs | None = None,
     ) -> None:
         self.spec = spec
         self.memory = memory
@@ -134,6 +136,7 @@ class Supervisor:
             identity=identity,
             transport=transport or UnixTransport(),
             max_response=max_response,
+            logs=logs,
         )
         self.scheduler = Scheduler(
             max_containers=spec.max_containers,
@@ -347,7 +350,7 @@ class Supervisor:
         headers: list[tuple[bytes, bytes]],
         http: HttpRequest | None,
     ) -> Outcome:
-        c.current_call = call_id
+        c.begin_call(call_id)
         c.calls += 1
         broken: str | None = "call cancelled"
         try:
@@ -355,13 +358,13 @@ class Supervisor:
                 self.spec, c, call_id, body, headers, http, max_response=self.launcher.max_response
             )
             if outcome.lost and outcome.error is not None:
-                why = await self.launcher.why_lost(c, outcome.error, outcome.output)
+                why = await self.launcher.why_lost(c, outcome.error, call_id)
                 outcome = dataclasses.replace(outcome, error=why)
             broken = outcome.broken
         finally:
             if broken is not None:
                 await self.launcher.kill(c)
-            c.current_call = None
+            c.end_call()
             self._apply(self.scheduler.call_done(c.seq, trio.current_time(), broken))
         return outcome
 
