@@ -138,12 +138,13 @@ class Daemon:
             queue_max=limits.queue_max,
             queue_wait=limits.queue_wait,
             transport=transport,
+            logs=logs,
         )
         memory.evictor = supervisors
         registry = FunctionRegistry(functions, supervisors)
         registry.on_retired.append(logs.forget)
         registry.on_retired.append(metrics.forget)
-        stdio = StdioRunner(runtime, identity, max_response=config.daemon.max_response)
+        stdio = StdioRunner(runtime, identity, max_response=config.daemon.max_response, logs=logs)
         calls = Calls(registry=registry, stdio=stdio, memory=memory, metrics=metrics, logs=logs)
         operations = Operations(
             config=config,

@@ -156,7 +156,9 @@ class CallsRoutes:
             try:
                 wait = float(query["wait"][0])
             except ValueError:
-                raise CallError("wait must be a number of seconds", status=400, code="bad_request") from None
+                raise CallError(
+                    "wait must be a number of seconds", status=400, code="bad_request"
+                ) from None
             if not math.isfinite(wait) or wait < 0:
                 raise CallError("wait must be a number of seconds", status=400, code="bad_request")
             wait = min(wait, MAX_WAIT)

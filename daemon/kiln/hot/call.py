@@ -68,7 +68,7 @@ async def run_call(
             broken=str(e),
         )
     except FnProtocolError as e:
-        tail = c.log_tail.text()
+        tail = c.output_tail()
         return Outcome(
             error=FunctionFailed(
                 f"function {spec.name!r} "

@@ -1,4 +1,8 @@
-"""One hot container's life: create, start, ready, logs, exit, kill, remove.
+"""One hot container's life: create, start, ready, output, exit, kill, remove.
+
+Its output (stdout and stderr) is read once, from the attach stream opened
+before the container starts, into the function's log (:mod:`kiln.logs`); the
+containers log to Docker's ``none`` driver, so dockerd keeps no copy.
 
 :class:`HotContainer` is what a supervisor holds for one container (its
 scheduling state lives in :mod:`kiln.hot.scheduler`); :class:`Launcher` does
@@ -22,15 +26,15 @@ from kiln.admission.memory import Reservation
 from kiln.calls.errors import CallError, CallTimeout, FunctionFailed
 from kiln.calls.stdio import ExitInfo
 from kiln.calls.stdio import outcome as exit_outcome
-from kiln.containers.logtail import StderrTail
 from kiln.containers.runtime import Box, ContainerRuntime
 from kiln.containers.spec import Identity, container_config
-from kiln.docker import STDOUT, Frame
+from kiln.docker import DockerError
 from kiln.fncontract import container_env
 from kiln.functions.spec import FunctionSpec
 from kiln.hot.httpstream import FnProtocolError
 from kiln.hot.readiness import ListenerInvalid
 from kiln.hot.transport import HotConnection, ListenerTransport
+from kiln.logs.service import FRAME_NAME, ContainerLog, Logs
 
 log = logging.getLogger("kiln.hot")
 
@@ -42,6 +46,11 @@ OOM_CHECK_TIMEOUT = 5.0
 #: whether a container still runs.
 WAIT_RETRY_FIRST = 0.5
 WAIT_RETRY_MAX = 5.0
+#: How long a container that exited may take to deliver its last output.
+OUTPUT_GRACE = 1.0
+#: Fn's log framing: FDKs that honour it write ``kiln_call_id=<Fn-Call-Id>`` on
+#: stdout and stderr as each call starts, so lines are attributed exactly.
+LOGFRAME_ENV = {"FN_LOGFRAME_NAME": FRAME_NAME, "FN_LOGFRAME_HDR": "Fn-Call-Id"}
 
 
 def make_iofs_dir(path: Path) -> None:
@@ -68,7 +77,8 @@ class HotContainer:
     conn: HotConnection | None = None
     reservation: Reservation | None = None
     exit_code: int | None = None
-    log_tail: StderrTail = field(default_factory=StderrTail)
+    log: ContainerLog | None = None
+    output_done: trio.Event = field(default_factory=trio.Event)
     retire: trio.Event = field(default_factory=trio.Event)
     exited: trio.Event = field(default_factory=trio.Event)
     retire_reason: str = ""
@@ -78,6 +88,20 @@ class HotContainer:
     @property
     def cid(self) -> str | None:
         return self.box.id if self.box is not None else None
+
+    def begin_call(self, call_id: str) -> None:
+        self.current_call = call_id
+        if self.log is not None:
+            self.log.begin_call(call_id)
+
+    def end_call(self) -> None:
+        self.current_call = None
+        if self.log is not None:
+            self.log.end_call()
+
+    def output_tail(self) -> str:
+        """The last lines this container wrote (for error messages)."""
+        return self.log.tail_text() if self.log is not None else ""
 
     def retire_now(self, reason: str) -> None:
         if not self.retire.is_set():
@@ -111,12 +135,14 @@ class Launcher:
         identity: Identity,
         transport: ListenerTransport,
         max_response: int,
+        logs: Logs | None = None,
     ) -> None:
         self.spec = spec
         self.runtime = runtime
         self.identity = identity
         self.transport = transport
         self.max_response = max_response
+        self.logs = logs or Logs()
 
     @asynccontextmanager
     async def claim(self, c: HotContainer) -> AsyncIterator[None]:
@@ -139,7 +165,7 @@ class Launcher:
     ) -> None:
         """Create and start ``c``, wait for its listener and connect. Raises CallError.
 
-        Its exit watcher and log follower run in ``nursery`` until it is cancelled;
+        Its exit watcher and output reader run in ``nursery`` until it is cancelled;
         ``on_exit`` is told when the container exits.
         """
         spec = self.spec
@@ -150,14 +176,16 @@ class Launcher:
             spec,
             self.identity,
             stdio=False,
-            env=container_env(spec.name, spec.memory, spec.env),
+            env={**container_env(spec.name, spec.memory, spec.env), **LOGFRAME_ENV},
             binds=[f"{c.iofs}:/tmp/iofs"],
         )
         await self.runtime.create(box, config)
+        c.log = self.logs.container(spec.name, c.name)
+        # Attached before it starts: not a line is lost.
+        await nursery.start(self._read_output, c, box)
         await self.runtime.start(box)
         exited = trio.Event()
         nursery.start_soon(self._watch_exit, c, box, exited, on_exit)
-        nursery.start_soon(self._follow_logs, c, box)
         socket_path: Path | None = None
         invalid: ListenerInvalid | None = None
         with trio.move_on_after(spec.start_timeout) as scope:
@@ -183,8 +211,9 @@ class Launcher:
             )
         if socket_path is None:
             if exited.is_set():
-                tail = await self.runtime.log_tail(box)
-                tail = c.log_tail.text() if tail is None else tail
+                with trio.move_on_after(OUTPUT_GRACE):
+                    await c.output_done.wait()
+                tail = c.output_tail()
                 oom = await self.out_of_memory(c, tail)
                 if oom is not None:
                     raise FunctionFailed(
@@ -246,18 +275,31 @@ class Launcher:
         c.exited.set()
         on_exit(c)
 
-    async def _follow_logs(self, c: HotContainer, box: Box) -> None:
-        def on_frame(frame: Frame) -> None:
-            for line in c.log_tail.feed(frame.data):
-                log.info(
-                    "fn=%s call=%s %s: %s",
-                    self.spec.name,
-                    c.current_call or "-",
-                    "stdout" if frame.stream == STDOUT else "stderr",
-                    line.decode("utf-8", "replace"),
-                )
-
-        await self.runtime.follow_logs(box, on_frame)
+    async def _read_output(
+        self,
+        c: HotContainer,
+        box: Box,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Read the container's stdout and stderr until it exits, one batch of
+        frames per read, into the function's log."""
+        output = c.log
+        assert output is not None
+        started = False
+        try:
+            async with self.runtime.attach(box) as stream:
+                task_status.started()
+                started = True
+                feed = output.feed
+                while (frames := await stream.receive()) is not None:
+                    feed(frames)
+        except (CallError, DockerError) as e:
+            if not started:
+                raise
+            log.debug("fn=%s container %s: output stream ended: %s", self.spec.name, c.name, e)
+        finally:
+            output.close()
+            c.output_done.set()
 
     async def out_of_memory(self, c: HotContainer, tail: str) -> CallError | None:
         """The caller's ``out_of_memory`` error if ``c`` (which has exited) was
@@ -280,7 +322,7 @@ class Launcher:
             await c.exited.wait()
         if not c.exited.is_set():
             return error
-        return await self.out_of_memory(c, c.log_tail.text()) or error
+        return await self.out_of_memory(c, c.output_tail()) or error
 
     async def kill(self, c: HotContainer) -> None:
         """Kill a broken container (shielded, bounded, never raises): the caller and the

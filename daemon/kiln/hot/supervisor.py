@@ -48,6 +48,7 @@ from kiln.hot.scheduler import (
     WarmAt,
 )
 from kiln.hot.transport import ListenerTransport, UnixTransport
+from kiln.logs.service import Logs
 from kiln.trioutil import open_nursery
 
 log = logging.getLogger("kiln.hot")
@@ -119,6 +120,7 @@ class Supervisor:
         queue_max: int = 100,
         queue_wait: float = 10.0,
         transport: ListenerTransport | None = None,
+        logs: Logs | None = None,
     ) -> None:
         self.spec = spec
         self.memory = memory
@@ -132,6 +134,7 @@ class Supervisor:
             identity=identity,
             transport=transport or UnixTransport(),
             max_response=max_response,
+            logs=logs,
         )
         self.scheduler = Scheduler(
             max_containers=spec.max_containers,
@@ -335,7 +338,7 @@ class Supervisor:
         cold = waited and first
         start = (c.ready_at - max(t0, c.created_at)) if cold else 0.0
         queue = (t_got - t0) - start
-        c.current_call = call_id
+        c.begin_call(call_id)
         c.calls += 1
         broken: str | None = "call cancelled"
         try:
@@ -349,7 +352,7 @@ class Supervisor:
         finally:
             if broken is not None:
                 await self.launcher.kill(c)
-            c.current_call = None
+            c.end_call()
             self._apply(self.scheduler.call_done(c.seq, trio.current_time(), broken))
         if outcome.error is not None:
             raise outcome.error
