@@ -18,6 +18,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 BUSYBOX = "kiln-test/busybox:latest"
 PYTHON = "kiln-test/python:latest"
+FN_PYTHON = "kiln-test/fn-python:latest"
+FN_NODE = "kiln-test/fn-node:latest"
 
 
 def percentile(values: Sequence[float], p: float) -> float:

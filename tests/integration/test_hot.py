@@ -168,3 +168,17 @@ def test_memory_limit_runs_slow_calls_one_at_a_time(
         peak = max(peak, running)
     assert peak == 1
     assert kiln_containers(docker, kiln.daemon_id) == []
+
+
+def test_answer_over_max_response_is_502(
+    start_daemon: Callable[..., Daemon], docker: httpx.Client
+) -> None:
+    kiln = start_daemon(
+        {"echo": fn("echo_fdk.py")}, daemon={"max_response": "1MiB", "max_body": "4MiB"}
+    )
+    reply = kiln.invoke("echo", b"x" * (2 * 1024 * 1024))
+    assert reply.status_code == 502, reply.text
+    assert reply.json()["error"]["code"] == "output_too_large"
+    small = kiln.invoke("echo", b"y" * 1000)
+    assert small.status_code == 200
+    assert small.content == b"y" * 1000

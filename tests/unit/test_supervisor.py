@@ -23,6 +23,7 @@ FNS = functions(
     bad=hot("hot_500"),
     mute=hot("hot_never_binds", start_timeout=5),
     crash=hot("hot_exits"),
+    big=hot("hot_big"),
 )
 
 
@@ -218,3 +219,18 @@ async def test_waiter_evicts_a_container_that_goes_idle_later(
             # served as soon as a's container went idle (at ~5.3 s) and was evicted
             assert trio.current_time() - t0 < 6
         assert live(s, "a") == []
+
+
+async def test_answer_over_max_response_is_502_like_stdio(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with stack(FNS, max_response=1 * MiB) as s:
+        reply = await request(s.app, "POST", "/invoke/big", b"%d" % (2 * MiB))
+        assert reply.status == 502
+        assert reply.json()["error"]["code"] == "output_too_large"
+        assert "max_response" in reply.json()["error"]["message"]
+        await trio.sleep(0.1)
+        assert live(s, "big") == []  # the connection is unusable: the container went
+        ok = await request(s.app, "POST", "/invoke/big", b"%d" % MiB)
+        assert ok.status == 200
+        assert len(ok.body) == MiB

@@ -256,7 +256,8 @@ class Dispatcher:
             # not counted (shielded and bounded: the store must hear of it now).
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self._record(
-                    "release", lambda: self.store.release(record.id, host=host, now=self.clock.now())
+                    "release",
+                    lambda: self.store.release(record.id, host=host, now=self.clock.now()),
                 )
             raise
         error = result.error

@@ -328,11 +328,13 @@ class PostgresStore:
 
     def purge(self, *, before: float) -> int:
         return self._run(
-            lambda db: db.execute(
-                "DELETE FROM calls WHERE state IN ('succeeded', 'failed', 'cancelled') "
-                "AND finished <= %s",
-                (before,),
-            ).rowcount
+            lambda db: (
+                db.execute(
+                    "DELETE FROM calls WHERE state IN ('succeeded', 'failed', 'cancelled') "
+                    "AND finished <= %s",
+                    (before,),
+                ).rowcount
+            )
         )
 
     def next_expiry(self) -> float | None:

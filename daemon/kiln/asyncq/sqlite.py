@@ -218,7 +218,9 @@ class SQLiteStore:
 
     def get(self, call_id: str) -> CallRecord | None:
         try:
-            row = self._db.execute(f"SELECT {COLUMNS} FROM calls WHERE id = ?", (call_id,)).fetchone()
+            row = self._db.execute(
+                f"SELECT {COLUMNS} FROM calls WHERE id = ?", (call_id,)
+            ).fetchone()
         except sqlite3.Error as e:
             raise StoreError(f"async store {self.path}: {e}") from e
         return None if row is None else row_to_record(row)

@@ -54,9 +54,7 @@ class Store(Protocol):
 
     def get(self, call_id: str) -> CallRecord | None: ...
 
-    def find(
-        self, *, function: str | None, state: State | None, limit: int
-    ) -> list[CallRecord]:
+    def find(self, *, function: str | None, state: State | None, limit: int) -> list[CallRecord]:
         """Newest first."""
         ...
 

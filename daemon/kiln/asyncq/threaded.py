@@ -132,7 +132,8 @@ class ThreadedStore:
         self, call_id: str, *, host: str, ok: bool, outcome: Outcome, now: float
     ) -> bool:
         return await self._call(
-            "finish", partial(self.store.finish, call_id, host=host, ok=ok, outcome=outcome, now=now)
+            "finish",
+            partial(self.store.finish, call_id, host=host, ok=ok, outcome=outcome, now=now),
         )
 
     async def retry(self, call_id: str, *, host: str, due: float, error: str, status: int) -> bool:

@@ -64,6 +64,12 @@ class FunctionFailed(CallError):
     code = "function_error"
 
 
+class OutputTooLarge(FunctionFailed):
+    """502: the function's answer is over ``[daemon] max_response``."""
+
+    code = "output_too_large"
+
+
 class CallTimeout(CallError):
     """504: the function did not answer (or start) in time."""
 

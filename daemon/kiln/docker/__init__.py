@@ -1,31 +1,73 @@
-"""Kiln's Docker Engine client (httpx over the Unix socket) and its errors."""
+"""``kiln.docker``: an aiodocker-compatible Docker Engine client on anyio.
 
-from kiln.docker.client import AttachStream, DockerClient, Limiter, WaitResult
+``import kiln.docker as aiodocker`` and a program written for aiodocker runs, under
+asyncio or under Trio. Kiln's finer errors (:mod:`kiln.docker.errors`) are subclasses of
+:class:`DockerError`.
+
+The older Trio-only ``DockerClient`` is still exported while the daemon moves over.
+"""
+
+from kiln.docker.api import Docker, Limiter
+from kiln.docker.client import AttachStream, DockerClient, WaitResult
+from kiln.docker.containers import DockerContainer, DockerContainers
 from kiln.docker.errors import (
     DockerAPIError,
     DockerConflict,
-    DockerError,
+    DockerNotConnected,
     DockerNotFound,
     DockerProtocolError,
     DockerTimeout,
     DockerUnreachable,
 )
+from kiln.docker.events import DockerEvents, EventSubscriber
+from kiln.docker.exceptions import (
+    DockerContainerError,
+    DockerContextInvalidError,
+    DockerContextTLSError,
+    DockerError,
+)
+from kiln.docker.execs import Exec
 from kiln.docker.frames import STDERR, STDOUT, Frame, FrameDecoder
+from kiln.docker.host import DockerContextEndpoint
+from kiln.docker.images import DockerImages
+from kiln.docker.networks import DockerNetwork, DockerNetworks
+from kiln.docker.stream import Message, Stream
+from kiln.docker.system import DockerSystem
+from kiln.docker.volumes import DockerVolume, DockerVolumes
 
 __all__ = [
     "STDERR",
     "STDOUT",
     "AttachStream",
+    "Docker",
     "DockerAPIError",
     "DockerClient",
     "DockerConflict",
+    "DockerContainer",
+    "DockerContainerError",
+    "DockerContainers",
+    "DockerContextEndpoint",
+    "DockerContextInvalidError",
+    "DockerContextTLSError",
     "DockerError",
+    "DockerEvents",
+    "DockerImages",
+    "DockerNetwork",
+    "DockerNetworks",
+    "DockerNotConnected",
     "DockerNotFound",
     "DockerProtocolError",
+    "DockerSystem",
     "DockerTimeout",
     "DockerUnreachable",
+    "DockerVolume",
+    "DockerVolumes",
+    "EventSubscriber",
+    "Exec",
     "Frame",
     "FrameDecoder",
     "Limiter",
+    "Message",
+    "Stream",
     "WaitResult",
 ]

@@ -1,7 +1,7 @@
 """The Docker Engine client: httpx over the Unix socket for short calls, one
 socket of its own for each long call (``wait``, ``attach``, ``logs``).
 
-Rules it keeps (DESIGN.md, "Talking to Docker"):
+Rules it keeps:
 
 * Short calls are bounded by httpx's own timeouts (``timeout`` seconds), not by
   outer cancel scopes: cancelling pooled httpx requests from an outer Trio
@@ -29,7 +29,7 @@ import trio
 from kiln.docker.errors import (
     DockerAPIError,
     DockerConflict,
-    DockerError,
+    DockerNotConnected,
     DockerNotFound,
     DockerProtocolError,
     DockerTimeout,
@@ -209,8 +209,11 @@ class DockerClient:
             raise DockerTimeout(
                 f"{operation}: Docker did not answer within {self.timeout:g} s"
             ) from e
+        except httpx.ConnectError as e:
+            raise DockerNotConnected(
+                f"{operation}: cannot reach Docker at {self.socket_path}: {e or type(e).__name__}"
+            ) from e
         except (
-            httpx.ConnectError,
             httpx.RemoteProtocolError,
             httpx.ReadError,
             httpx.WriteError,
@@ -219,7 +222,7 @@ class DockerClient:
                 f"{operation}: cannot reach Docker at {self.socket_path}: {e or type(e).__name__}"
             ) from e
         except httpx.HTTPError as e:
-            raise DockerError(f"{operation}: {type(e).__name__}: {e}") from e
+            raise DockerProtocolError(f"{operation}: {type(e).__name__}: {e}") from e
         finally:
             if self.observer is not None:
                 self.observer(operation, status, trio.current_time() - t0)
@@ -262,7 +265,7 @@ class DockerClient:
         data = await self.version()
         api = str(data.get("ApiVersion", "0.0"))
         if _api_version_tuple(api) < MIN_API:
-            raise DockerError(
+            raise DockerProtocolError(
                 f"Docker Engine {data.get('Version', '?')} speaks API {api}; "
                 f"Kiln needs API {API_VERSION} or newer (Docker 20.10+): upgrade Docker"
             )

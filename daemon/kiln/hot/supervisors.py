@@ -20,6 +20,7 @@ from kiln.containers.spec import Identity
 from kiln.functions.spec import FunctionSpec
 from kiln.hot.supervisor import Supervisor, SupervisorStatistics
 from kiln.hot.transport import ListenerTransport
+from kiln.logs.service import Logs
 
 log = logging.getLogger("kiln.hot")
 
@@ -36,15 +37,19 @@ class Supervisors:
         memory: MemoryBudget,
         identity: Identity,
         iofs_root: Path,
+        max_response: int,
         queue_max: int,
         queue_wait: float,
         transport: ListenerTransport | None = None,
+        logs: Logs | None = None,
     ) -> None:
         self.transport = transport
+        self.logs = logs
         self.runtime = runtime
         self.memory = memory
         self.identity = identity
         self.iofs_root = iofs_root
+        self.max_response = max_response
         self.queue_max = queue_max
         self.queue_wait = queue_wait
         self.by_name: dict[str, Supervisor] = {}
@@ -79,9 +84,11 @@ class Supervisors:
             memory=self.memory,
             identity=self.identity,
             iofs_root=self.iofs_root,
+            max_response=self.max_response,
             queue_max=self.queue_max,
             queue_wait=self.queue_wait,
             transport=self.transport,
+            logs=self.logs,
         )
         scope = trio.CancelScope()
         self.by_name[spec.name] = supervisor
