@@ -13,6 +13,8 @@ Faults on cue:
   kill, remove, inspect, list, version, wait, attach.
 * ``fake.fail[op] = (status, message)`` — Docker answers with that error.
 * ``fake.unreachable = True`` — connections are refused from now on.
+* ``fake.down()`` / ``fake.up()`` — dockerd goes away (containers keep running,
+  long streams break) and comes back.
 * ``fake.kill_container(cid)`` — the container dies now (exit 137).
 
 Everything runs on Trio's clock, so ``MockClock`` drives stalls and programs.
@@ -275,6 +277,18 @@ class FakeDocker:
         for stream in list(self._long_streams):
             assert self._nursery is not None
             self._nursery.start_soon(trio.aclose_forcefully, stream)
+
+    def down(self) -> None:
+        """dockerd dies but containerd keeps its containers running: Docker's
+        connections drop and new ones are refused; hot containers still answer."""
+        self.unreachable = True
+        for stream in list(self._long_streams):
+            assert self._nursery is not None
+            self._nursery.start_soon(trio.aclose_forcefully, stream)
+
+    def up(self) -> None:
+        """dockerd is back (its containers as they were)."""
+        self.unreachable = False
 
     def kill_container(self, cid: str, code: int = 137) -> None:
         c = self.containers[cid]

@@ -30,7 +30,7 @@ import trio
 from kiln.admission.hostmem import HostResources
 from kiln.admission.memory import MemoryBudget
 from kiln.admission.ratelimit import DockerLimiter
-from kiln.api.access import AccessGate, ASGIApp
+from kiln.api.access import AccessGate
 from kiln.api.auth import Tokens, tokens_path
 from kiln.api.control import ControlApp
 from kiln.api.invoke import InvokeApp
@@ -53,6 +53,7 @@ from kiln.functions.spec import FunctionSpec
 from kiln.functions.store import FunctionStore
 from kiln.hot.supervisors import Supervisors
 from kiln.hot.transport import ListenerTransport
+from kiln.http.asgi import ASGIApp
 from kiln.logs.service import Logs, LogSettings
 from kiln.metrics import Metrics
 

@@ -168,6 +168,14 @@ class Operations:
             "docker": {"socket": self.docker.socket_path, "reachable": reachable},
             "draining": self.calls.draining,
             "janitor_pending": self.janitor.pending if self.janitor else 0,
+            "restart_backoff": {
+                st.function: {
+                    "consecutive_failures": st.consecutive_failures,
+                    "restart_in": round(st.restart_in, 1),
+                }
+                for st in self.supervisors.statistics()
+                if st.consecutive_failures
+            },
             "janitor": dataclasses.asdict(self.janitor.statistics()) if self.janitor else None,
             "rate_limits": {
                 name: dataclasses.asdict(stats)

@@ -42,6 +42,10 @@ log = logging.getLogger("kiln.hot")
 EXIT_REPORT_WAIT = 1.0
 #: How long asking Docker whether a container was OOM-killed may take.
 OOM_CHECK_TIMEOUT = 5.0
+#: While Docker is down: the first and the longest pause before asking it again
+#: whether a container still runs.
+WAIT_RETRY_FIRST = 0.5
+WAIT_RETRY_MAX = 5.0
 #: How long a container that exited may take to deliver its last output.
 OUTPUT_GRACE = 1.0
 #: Fn's log framing: FDKs that honour it write ``kiln_call_id=<Fn-Call-Id>`` on
@@ -243,10 +247,30 @@ class Launcher:
         exited: trio.Event,
         on_exit: Callable[[HotContainer], None],
     ) -> None:
-        try:
-            c.exit_code = await self.runtime.wait(box)
-        except CallError as e:
-            log.warning("fn=%s container %s: lost track of it: %s", self.spec.name, c.name, e)
+        retry = WAIT_RETRY_FIRST
+        while True:
+            try:
+                c.exit_code = await self.runtime.wait(box)
+                break
+            except CallError as e:
+                if e.code != "docker_unavailable":
+                    log.warning(
+                        "fn=%s container %s: lost track of it: %s", self.spec.name, c.name, e
+                    )
+                    break
+                # Docker is down, not the container: it runs on (containerd keeps
+                # it) and serves calls while its socket answers. Ask again until
+                # Docker is back and says whether it still runs.
+                if retry == WAIT_RETRY_FIRST:
+                    log.warning(
+                        "fn=%s container %s: Docker stopped answering (%s); it keeps serving "
+                        "while its socket answers",
+                        self.spec.name,
+                        c.name,
+                        e.message,
+                    )
+                await trio.sleep(retry)
+                retry = min(retry * 2, WAIT_RETRY_MAX)
         exited.set()
         c.exited.set()
         on_exit(c)

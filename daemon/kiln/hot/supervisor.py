@@ -45,6 +45,7 @@ from kiln.hot.scheduler import (
     Retire,
     Scheduler,
     Start,
+    WarmAt,
 )
 from kiln.hot.transport import ListenerTransport, UnixTransport
 from kiln.logs.service import Logs
@@ -76,6 +77,10 @@ class SupervisorStatistics:
     start_failures: int
     evicted_total: int
     calls_total: int
+    #: Failed starts (or deaths soon after ready) in a row; 0 when healthy.
+    consecutive_failures: int = 0
+    #: Seconds until the restart backoff lets min_warm containers start again (0: not held).
+    restart_in: float = 0.0
 
 
 @dataclass
@@ -141,6 +146,8 @@ class Supervisor:
         self._containers: dict[int, HotContainer] = {}
         self._waiters: dict[int, _Waiter] = {}
         self._emptied: trio.Event | None = None
+        self._warm_at = math.inf  # when the restart backoff lets min_warm starts go
+        self._warm_scope: trio.CancelScope | None = None
 
     # ---- carrying out the scheduler's decisions -----------------------------
 
@@ -166,6 +173,16 @@ class Supervisor:
                 w.event.set()
             elif isinstance(d, Emptied) and self._emptied is not None:
                 self._emptied.set()
+            elif isinstance(d, WarmAt):
+                self._warm_at = d.deadline
+                if self._warm_scope is not None:
+                    self._warm_scope.deadline = d.deadline
+                log.warning(
+                    "fn=%s: %d failed start(s) in a row; the next min_warm start in %.1f s",
+                    self.spec.name,
+                    d.failures,
+                    max(0.0, d.deadline - trio.current_time()),
+                )
 
     def _refusal(self, d: Refuse, error: CallError | None) -> CallError:
         name = self.spec.name
@@ -206,8 +223,15 @@ class Supervisor:
             self._apply(self.scheduler.open())
             task_status.started()
             try:
-                await trio.sleep_forever()
+                while True:
+                    # Asleep until the restart backoff's hold (if any) is over.
+                    with trio.CancelScope(deadline=self._warm_at) as self._warm_scope:
+                        await trio.sleep_forever()
+                    self._warm_scope = None
+                    self._warm_at = math.inf
+                    self._apply(self.scheduler.warm_due(trio.current_time()))
             finally:
+                self._warm_scope = None
                 self._apply(self.scheduler.shutdown())
 
     def retire_all(self, reason: str) -> None:
@@ -238,9 +262,10 @@ class Supervisor:
         return self.scheduler.live
 
     def statistics(self) -> SupervisorStatistics:
-        return SupervisorStatistics(
-            function=self.spec.name, **dataclasses.asdict(self.scheduler.counts())
-        )
+        counts = dataclasses.asdict(self.scheduler.counts())
+        held_until = counts.pop("restart_held_until")
+        restart_in = 0.0 if held_until is None else max(0.0, held_until - trio.current_time())
+        return SupervisorStatistics(function=self.spec.name, restart_in=restart_in, **counts)
 
     def containers(self) -> list[ContainerInfo]:
         now = trio.current_time()
@@ -354,17 +379,17 @@ class Supervisor:
                     log.warning(
                         "fn=%s container %s failed to start: %s", self.spec.name, c.name, e.message
                     )
-                    self._apply(self.scheduler.start_failed(c.seq), e)
+                    self._apply(self.scheduler.start_failed(c.seq, trio.current_time()), e)
                 except Exception as e:
                     # A bug must not take the whole supervisor (and daemon) down with it.
                     log.exception("fn=%s container %s: unexpected error", self.spec.name, c.name)
                     error = CallError(f"internal error starting a container: {e!r}")
-                    self._apply(self.scheduler.start_failed(c.seq), error)
+                    self._apply(self.scheduler.start_failed(c.seq, trio.current_time()), error)
         finally:
             del self._containers[c.seq]
             if c.retire_reason:
                 log.info("fn=%s container %s removed: %s", self.spec.name, c.name, c.retire_reason)
-            self._apply(self.scheduler.container_removed(c.seq))
+            self._apply(self.scheduler.container_removed(c.seq, trio.current_time()))
 
     async def _reserved_life(self, c: HotContainer) -> None:
         """Reserve its memory, start it, serve until retired. Raises CallError if it cannot start."""
@@ -393,4 +418,8 @@ class Supervisor:
             self._apply(self.scheduler.idle_expired(c.seq, trio.current_time()))
 
     def _on_exit(self, c: HotContainer) -> None:
-        self._apply(self.scheduler.container_died(c.seq, f"container exited (code {c.exit_code})"))
+        self._apply(
+            self.scheduler.container_died(
+                c.seq, f"container exited (code {c.exit_code})", trio.current_time()
+            )
+        )
