@@ -90,6 +90,18 @@ def docker_failures(spec: FunctionSpec) -> Iterator[None]:
         raise call_error(e, spec) from e
 
 
+def docker_log_config(driver: str) -> dict[str, Any]:
+    """``HostConfig.LogConfig`` for Kiln's containers (``[logs] docker_driver``).
+
+    Kiln reads containers' output itself (the attach stream, :mod:`kiln.logs`), so
+    by default dockerd keeps no copy (``none``: ``docker logs`` has nothing to
+    show). ``json-file`` or ``local`` keep a small one (1 MiB) for ``docker logs``,
+    at the cost of dockerd writing every line to disk."""
+    if driver == "none":
+        return {"Type": "none", "Config": {}}
+    return {"Type": driver, "Config": {"max-size": "1m", "max-file": "1"}}
+
+
 @dataclass(eq=False)
 class Box:
     """One container claimed for a function: its name always, its id once Docker gave it."""
@@ -108,9 +120,12 @@ class Box:
 class ContainerRuntime:
     """Creates, starts, kills and removes containers over one Docker client."""
 
-    def __init__(self, docker: DockerClient, *, janitor: Janitor | None = None) -> None:
+    def __init__(
+        self, docker: DockerClient, *, janitor: Janitor | None = None, log_driver: str = "none"
+    ) -> None:
         self.docker = docker
         self.janitor = janitor
+        self.log_config = docker_log_config(log_driver)
 
     @asynccontextmanager
     async def claim(self, spec: FunctionSpec, name: str) -> AsyncIterator[Box]:
@@ -123,6 +138,7 @@ class ContainerRuntime:
                 await self.remove(box)
 
     async def create(self, box: Box, config: Mapping[str, Any]) -> str:
+        config = {**config, "HostConfig": {**config["HostConfig"], "LogConfig": self.log_config}}
         box.create_sent = True
         with docker_failures(box.spec):
             try:
