@@ -264,7 +264,11 @@ class Scheduler:
         return [self._offer(slot, now)]
 
     def start_failed(self, seq: int) -> list[Decision]:
-        """The container could not start (or its life ended unexpectedly)."""
+        """The container could not start (its removal follows: tell :meth:`container_removed`).
+
+        Also told when a started container's life ended unexpectedly; it is then
+        simply retiring (no decision: it is being removed already).
+        """
         slot = self._slots.get(seq)
         if slot is None or slot.phase is Phase.RETIRING:
             return []

@@ -229,11 +229,6 @@ class Supervisor:
 
     # ---- what it reports ---------------------------------------------------------
 
-    @property
-    def total(self) -> int:
-        """Live containers, retiring ones excluded (they are on their way out)."""
-        return self.scheduler.live
-
     def statistics(self) -> SupervisorStatistics:
         return SupervisorStatistics(
             function=self.spec.name, **dataclasses.asdict(self.scheduler.counts())
