@@ -287,7 +287,12 @@ class Scheduler:
         if slot is None or slot.phase is not Phase.BUSY:
             return []
         reason = broken or slot.pending or ("function retired" if self.closed else None)
-        if reason is None and self.live > self.max_containers:
+        # live <= len(_slots): count only when a scale-down may have left surplus
+        if (
+            reason is None
+            and len(self._slots) > self.max_containers
+            and self.live > self.max_containers
+        ):
             reason = f"scaled down to max_containers = {self.max_containers}"
         if reason is not None:
             return [self._retire(slot, reason), *self._starts()]
