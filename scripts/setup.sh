@@ -26,6 +26,19 @@ if ! command -v systemd-analyze >/dev/null || ! [[ -x /bin/kill ]]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd procps >/dev/null
 fi
 
+# The access and logs tests use real tools: promtool (prometheus) checks the
+# metrics text, nginx (nginx-light) + openssl front Kiln with TLS, curl sends
+# CORS requests. Installed without starting their services (policy-rc.d).
+if ! command -v promtool >/dev/null || ! command -v nginx >/dev/null || ! command -v openssl >/dev/null; then
+  log "installing prometheus (promtool), nginx-light, openssl from Debian packages"
+  apt-get update -qq
+  POLICY=/usr/sbin/policy-rc.d
+  made_policy=0
+  if [[ ! -e "$POLICY" ]]; then printf '#!/bin/sh\nexit 101\n' >"$POLICY"; chmod +x "$POLICY"; made_policy=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus nginx-light openssl >/dev/null
+  [[ $made_policy -eq 1 ]] && rm -f "$POLICY"
+fi
+
 # The async queue's PostgreSQL store is tested against a real server the tests start
 # themselves (tests/pgserver.py): only the binaries are needed, no running service.
 if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then

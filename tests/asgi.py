@@ -8,7 +8,7 @@ from typing import Any
 
 import trio
 
-from kiln.api.access import ASGIApp
+from kiln.http.asgi import ASGIApp
 
 
 @dataclass

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import trio
 
+from kiln.admission.hostmem import HostResources
 from kiln.admission.memory import MemoryBudget
-from kiln.api.access import ASGIApp
 from kiln.api.control import ControlApp
 from kiln.api.operations import Operations
 from kiln.asyncq.clock import WallClock
@@ -30,6 +30,7 @@ from kiln.functions.registry import FunctionRegistry
 from kiln.functions.spec import FunctionSpec
 from kiln.functions.store import FunctionStore
 from kiln.hot.supervisors import Supervisors
+from kiln.http.asgi import ASGIApp
 from kiln.metrics import Metrics
 from kiln.units import GiB
 from kiln.wiring import Daemon
@@ -119,6 +120,7 @@ async def stack(
     queue_max: int = 100,
     queue_wait: float = 10.0,
     config_source: str = "<harness>",
+    host: HostResources | None = None,
     async_store: Store | None = None,
     async_config: AsyncConfig | None = None,
     async_fraction: float = 0.5,
@@ -142,10 +144,14 @@ async def stack(
             source=config_source,
         )
         drain_requested = trio.Event()
+        metrics = Metrics()
         async with (
             FakeDocker() as fake,
             DockerClient(
-                "/fake/docker.sock", timeout=docker_timeout, **fake.client_kwargs()
+                "/fake/docker.sock",
+                timeout=docker_timeout,
+                observer=metrics.observe_docker,
+                **fake.client_kwargs(),
             ) as docker,
         ):
             store = FunctionStore(config.daemon.state_dir)
@@ -157,7 +163,9 @@ async def stack(
                 store=store,
                 capacity=capacity,
                 on_drain=drain_requested.set,
+                metrics=metrics,
                 transport=FakeTransport(fake),
+                host=host,
                 async_store=async_store,
                 async_clock=WallClock(1_000_000.0) if async_store is not None else None,
             )

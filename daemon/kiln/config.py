@@ -62,6 +62,8 @@ class DaemonConfig:
     max_connections: int = 0
     auth: str = "none"  # "none" | "token": bearer tokens for the invoke API
     allow_unauthenticated: bool = False  # listen beyond loopback without auth
+    #: Seconds a connection to a hot container may sit idle before Kiln closes it (as Fn).
+    hot_connection_idle: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ class LimitsConfig:
     async_fraction: float = 0.5
     #: User-defined Docker networks functions may join (beside "none" and "bridge").
     networks: tuple[str, ...] = ()
+    #: Size of the tmpfs holding hot containers' listener dirs (``run_dir/iofs``).
+    iofs_size: int = 64 * MiB
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,9 @@ class AsyncConfig:
     retention: float = 24 * 3600.0
     #: This host's name in the store ("" = "<hostname>/<daemon id>").
     host: str = ""
+    #: A claimed call's lease covers its longest possible run plus this (seconds):
+    #: slack for clock skew between hosts. Another host takes it over after that.
+    lease_margin: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -180,6 +187,9 @@ def _daemon(t: Table) -> DaemonConfig:
         max_connections=t.integer("max_connections", d.max_connections, minimum=0, maximum=1 << 20),
         auth=t.string("auth", d.auth, choices=AUTH_MODES),
         allow_unauthenticated=t.boolean("allow_unauthenticated", d.allow_unauthenticated),
+        hot_connection_idle=t.number(
+            "hot_connection_idle", d.hot_connection_idle, exclusive_minimum=0, maximum=3600
+        ),
     )
     if out.auth == "none" and not out.allow_unauthenticated and not is_local_listen(out.listen):
         fail(
@@ -262,6 +272,7 @@ def _limits(t: Table) -> LimitsConfig:
         queue_wait=t.number("queue_wait", d.queue_wait, minimum=0, maximum=MAX_SECONDS),
         async_fraction=t.number("async_fraction", d.async_fraction, minimum=0, maximum=1),
         networks=_networks(t),
+        iofs_size=t.size("iofs_size", d.iofs_size, minimum=MiB, maximum=64 * GiB),
     )
     t.done()
     return out
@@ -277,6 +288,7 @@ def _async(t: Table) -> AsyncConfig:
         queue_max=t.integer("queue_max", d.queue_max, minimum=0),
         retention=t.number("retention", d.retention, minimum=0),
         host=t.string("host", d.host),
+        lease_margin=t.number("lease_margin", d.lease_margin, minimum=0),
     )
     t.done()
     return out

@@ -26,6 +26,7 @@ import os
 import signal
 from collections.abc import Callable, Iterable
 from functools import partial
+from pathlib import Path
 
 import trio
 
@@ -44,6 +45,7 @@ from kiln.docker import DockerClient, DockerError, DockerTimeout, DockerUnreacha
 from kiln.functions.policy import HostPolicy, host_cpus
 from kiln.functions.spec import FunctionSpec
 from kiln.functions.store import FunctionStore
+from kiln.hot.iofs import IofsRoot, IofsUnsafe
 from kiln.http import Limits, open_listeners, serve_asgi
 from kiln.logs.journal import open_forwarder
 from kiln.logs.service import Logs
@@ -168,7 +170,12 @@ async def run_daemon(
         )
     except (AnotherKilnRunning, OSError) as e:
         raise FatalStartupError(f"control socket {config.daemon.control_socket}: {e}") from e
+    iofs = IofsRoot(Path(config.daemon.run_dir) / "iofs", config.limits.iofs_size)
     try:
+        try:
+            iofs.prepare()
+        except (IofsUnsafe, OSError) as e:
+            raise FatalStartupError(f"listener dirs: {e}") from e
         async with DockerClient(
             config.docker.socket,
             timeout=config.docker.timeout,
@@ -198,7 +205,7 @@ async def run_daemon(
                     'auth = "token" and no token exists yet: every call gets 401 until one '
                     "is made with `kiln token create`"
                 )
-            controller = daemon.operations
+            operations = daemon.operations
             calls = daemon.calls
             try:
                 invoke_listeners = await open_listeners(config.daemon.listen)
@@ -212,11 +219,11 @@ async def run_daemon(
                 async def reload() -> None:
                     await notifier.reloading()
                     try:
-                        result = await controller.reload()
+                        result = await operations.reload()
                         log.info("SIGHUP reload: %s", result)
                     except CallError as e:
                         log.error("SIGHUP reload refused: %s", e.message)
-                    await notifier.ready(status_line(controller))
+                    await notifier.ready(status_line(operations))
 
                 def force() -> None:
                     drain_requested.set()
@@ -229,6 +236,7 @@ async def run_daemon(
                 # Before serving: what a crashed run left is gone before we start anew
                 # (bounded in time; see kiln.containers.sweep).
                 await sweep_orphans(docker, identity)
+                iofs.sweep(keep=identity.instance)
                 await root.start(daemon.run)
                 servers_down = trio.Event()
                 servers_stop = trio.Event()
@@ -267,7 +275,7 @@ async def run_daemon(
                     config.daemon.control_socket,
                 )
                 await root.start(notifier.watchdog)
-                await notifier.ready(status_line(controller))
+                await notifier.ready(status_line(operations))
                 task_status.started(binds)
 
                 await drain_requested.wait()
@@ -293,6 +301,7 @@ async def run_daemon(
             if daemon.asyncq is not None:
                 await daemon.asyncq.store.close()
     finally:
+        iofs.close()
         with contextlib.suppress(OSError):
             os.unlink(config.daemon.control_socket)
         notifier.close()
@@ -315,9 +324,9 @@ async def open_async_store(config: Config) -> Store:
     return store
 
 
-def status_line(controller: Operations) -> str:
-    m = controller.memory.statistics()
+def status_line(operations: Operations) -> str:
+    m = operations.memory.statistics()
     return (
-        f"{len(controller.registry)} function(s), {controller.calls.inflight} call(s) in flight, "
+        f"{len(operations.registry)} function(s), {operations.calls.inflight} call(s) in flight, "
         f"{format_size(m.reserved)} of {format_size(m.capacity)} reserved"
     )

@@ -233,14 +233,28 @@ class _StateCollector(Collector):
         waiting = GaugeMetricFamily(
             "kiln_calls_waiting", "Calls waiting for a hot container", labels=["function"]
         )
+        failures = GaugeMetricFamily(
+            "kiln_hot_consecutive_start_failures",
+            "Failed starts (or deaths soon after ready) in a row; 0 when healthy",
+            labels=["function"],
+        )
+        held = GaugeMetricFamily(
+            "kiln_hot_restart_backoff_seconds",
+            "Seconds until the restart backoff lets min_warm containers start again",
+            labels=["function"],
+        )
         for s in self.supervisors.statistics():
             for state in ("starting", "idle", "busy", "retiring"):
                 containers.add_metric([s.function, state], getattr(s, state))
             evictions.add_metric([s.function], s.evicted_total)
             waiting.add_metric([s.function], s.waiting)
+            failures.add_metric([s.function], s.consecutive_failures)
+            held.add_metric([s.function], s.restart_in)
         yield containers
         yield evictions
         yield waiting
+        yield failures
+        yield held
         yield GaugeMetricFamily(
             "kiln_calls_in_flight", "Calls in flight", value=self.calls.inflight
         )
@@ -337,7 +351,8 @@ class _AsyncCollector(Collector):
             value=0.0 if oldest is None else max(0.0, self.queue.clock.now() - oldest),
         )
         held = GaugeMetricFamily(
-            "kiln_async_held_bytes", "Memory held by async calls running here, and the cap",
+            "kiln_async_held_bytes",
+            "Memory held by async calls running here, and the cap",
             labels=["kind"],
         )
         held.add_metric(["held"], self.dispatcher.held)

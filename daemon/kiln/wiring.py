@@ -30,7 +30,7 @@ import trio
 from kiln.admission.hostmem import HostResources
 from kiln.admission.memory import MemoryBudget
 from kiln.admission.ratelimit import DockerLimiter
-from kiln.api.access import AccessGate, ASGIApp
+from kiln.api.access import AccessGate
 from kiln.api.auth import Tokens, tokens_path
 from kiln.api.control import ControlApp
 from kiln.api.invoke import InvokeApp
@@ -52,7 +52,8 @@ from kiln.functions.registry import FunctionRegistry
 from kiln.functions.spec import FunctionSpec
 from kiln.functions.store import FunctionStore
 from kiln.hot.supervisors import Supervisors
-from kiln.hot.transport import ListenerTransport
+from kiln.hot.transport import ListenerTransport, UnixTransport
+from kiln.http.asgi import ASGIApp
 from kiln.logs.service import Logs, LogSettings
 from kiln.metrics import Metrics
 
@@ -137,13 +138,14 @@ class Daemon:
             max_response=config.daemon.max_response,
             queue_max=limits.queue_max,
             queue_wait=limits.queue_wait,
-            transport=transport,
+            transport=transport or UnixTransport(connection_idle=config.daemon.hot_connection_idle),
+            logs=logs,
         )
         memory.evictor = supervisors
         registry = FunctionRegistry(functions, supervisors)
         registry.on_retired.append(logs.forget)
         registry.on_retired.append(metrics.forget)
-        stdio = StdioRunner(runtime, identity, max_response=config.daemon.max_response)
+        stdio = StdioRunner(runtime, identity, max_response=config.daemon.max_response, logs=logs)
         calls = Calls(registry=registry, stdio=stdio, memory=memory, metrics=metrics, logs=logs)
         operations = Operations(
             config=config,
@@ -189,6 +191,7 @@ class Daemon:
                 async_capacity=memory.statistics().async_capacity,
                 queue_wait=limits.queue_wait,
                 max_response=config.daemon.max_response,
+                lease_margin=config.async_.lease_margin,
             )
             invoke_app.calls_routes = CallsRoutes(
                 asyncq, registry.__contains__, max_body=config.daemon.max_body

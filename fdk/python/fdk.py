@@ -304,8 +304,35 @@ def caller_view(headers: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def log_frame(headers: Mapping[str, str], environ: Mapping[str, str] | None = None) -> str | None:
+    """Fn's log framing: with ``FN_LOGFRAME_NAME`` and ``FN_LOGFRAME_HDR`` set, each
+    call starts with the line ``<NAME>=<value of header HDR>`` on stdout and stderr
+    (after a newline ending any unterminated line), so the runner can tell which
+    call later lines belong to. None when not asked for (or no such header)."""
+    env = os.environ if environ is None else environ
+    name, header = env.get("FN_LOGFRAME_NAME"), env.get("FN_LOGFRAME_HDR")
+    if not name or not header:
+        return None
+    value = headers.get(header.lower())
+    if not value or "\n" in value or "\r" in value:
+        return None
+    return f"\n{name}={value}\n"
+
+
+def _write_frame(frame: str) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.write(frame)
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
 def _call(handle: Handler, request: Request) -> tuple[int, list[tuple[str, str]], bytes]:
     """Run ``handle`` and wrap its answer in the contract: (HTTP status, headers, body)."""
+    frame = log_frame(request.headers)
+    if frame is not None:
+        _write_frame(frame)
     deadline = parse_deadline(request.headers.get("fn-deadline"))
     if deadline is not None and deadline <= time.time():
         return (

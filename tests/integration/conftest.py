@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import secrets
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -129,9 +131,15 @@ class Daemon:
         return self.proc.wait(timeout)
 
 
+def _limit_nofile(n: int) -> None:
+    """In the daemon's process before exec: its open-files limit (``ulimit -n``)."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+
 @pytest.fixture
 def start_daemon(docker: httpx.Client, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    """Start ``kiln daemon`` with the given functions (and extra config sections)."""
+    """Start ``kiln daemon`` with the given functions (and extra config sections);
+    ``nofile`` sets its open-files limit."""
     daemons: list[Daemon] = []
     short_dir = tempfile.mkdtemp(prefix="kiln-")
 
@@ -141,6 +149,7 @@ def start_daemon(docker: httpx.Client, tmp_path: Path) -> Iterator[Callable[...,
         daemon_id: str | None = None,
         expect_ready: bool = True,
         env: dict[str, str] | None = None,
+        nofile: int | None = None,
         **sections: dict[str, Any],
     ) -> Daemon:
         daemon_id = daemon_id or "t" + secrets.token_hex(4)
@@ -168,6 +177,7 @@ def start_daemon(docker: httpx.Client, tmp_path: Path) -> Iterator[Callable[...,
             stdout=subprocess.DEVNULL,
             cwd=REPO,
             env={**os.environ, **(env or {})},
+            preexec_fn=None if nofile is None else partial(_limit_nofile, nofile),
         )
         daemon = Daemon(
             proc,

@@ -6,12 +6,14 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import select
+import socket
 
 import pytest
 import trio
 import trio.testing
 
-from kiln.http import Limits, Receive, Scope, Send, serve_asgi
+from kiln.http import Limits, Receive, Scope, Send, open_listeners, serve_asgi
 from kiln.http.server import ACCEPT_BACKOFF, ACCEPT_LOG_INTERVAL, MAX_HEAD, MAX_HEADERS
 from tests.harness import functions, stack
 from tests.memnet import MemoryListener, read_until_eof, serving
@@ -310,3 +312,50 @@ async def test_invoke_405_says_allow() -> None:
         )
     assert r.status == 405
     assert b"POST" in r.headers[b"allow"]
+
+
+async def test_a_flood_of_slow_clients_never_exceeds_the_cap() -> None:
+    """Over TCP (a head and the start of its body arrive in one read): evictions
+    that race with such a read are not lost; the server holds at most
+    ``max_connections`` however the flood is shaped."""
+    cap = 5
+    slow = [
+        b"",
+        b"POST /x HTTP/1.1\r\nHost: k",
+        b"POST /x HTTP/1.1\r\nHost: k\r\nContent-Length: 100000\r\n\r\nabc",
+    ]
+    listeners = await open_listeners("127.0.0.1:0")
+    port = listeners[0].socket.getsockname()[1]
+    clients: list[socket.socket] = []
+
+    def flood() -> None:
+        for i in range(150):
+            sock = socket.create_connection(("127.0.0.1", port))
+            if slow[i % 3]:
+                sock.sendall(slow[i % 3])
+            clients.append(sock)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            shutdown = trio.Event()
+            await nursery.start(
+                lambda task_status: serve_asgi(
+                    Recorder(),
+                    listeners,
+                    shutdown=shutdown,
+                    grace=1,
+                    limits=Limits(max_connections=cap),
+                    task_status=task_status,
+                )
+            )
+            await trio.to_thread.run_sync(flood)
+            await trio.testing.wait_all_tasks_blocked(cushion=0.1)
+            # a connection the server closed is readable (EOF, or a 503 first)
+            _, writable, _ = select.select([], clients, [], 0)
+            readable, _, _ = select.select(clients, [], [], 0)
+            assert len(writable) == len(clients)
+            assert len(clients) - len(readable) <= cap
+            shutdown.set()
+    finally:
+        for sock in clients:
+            sock.close()

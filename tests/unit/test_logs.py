@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 
+from kiln.docker.frames import Frame
 from kiln.logs.http import BadLogsRequest, parse_request, parse_since, serve_logs
 from kiln.logs.hub import Hub
 from kiln.logs.journal import encode_entry, line_fields, under_journald
@@ -20,8 +21,6 @@ from kiln.logs.lines import KILN, FloodLimiter, LineSplitter, LogLine, line_text
 from kiln.logs.mirror import FileMirror
 from kiln.logs.service import LINGER, Logs, LogSettings
 from kiln.logs.store import FunctionRing, LogStore, Query
-
-OUT, ERR = 1, 2
 
 
 def line(seq: int, text: str = "x", call: str | None = None, t: float = 0.0) -> LogLine:
@@ -167,13 +166,13 @@ class Collect:
 async def test_lines_belong_to_the_call_being_served() -> None:
     logs = Logs(LogSettings(), wall_clock=lambda: 1000.0)
     c = logs.container("f", "ctr")
-    c.feed([(OUT, b"before\n")])
+    c.feed([Frame(1, b"before\n")])
     c.begin_call("A")
-    c.feed([(OUT, b"in A\n"), (ERR, b"err A\n")])
+    c.feed([Frame(1, b"in A\n"), Frame(2, b"err A\n")])
     c.end_call()
-    c.feed([(OUT, b"late A\n")])  # the answer beat the line through dockerd
+    c.feed([Frame(1, b"late A\n")])  # the answer beat the line through dockerd
     await trio.sleep(LINGER * 2)
-    c.feed([(OUT, b"between\n")])
+    c.feed([Frame(1, b"between\n")])
     got = [(x.call, x.stream, x.text) for x in logs.query("f", Query())]
     assert got == [
         (None, "stdout", "before"),
@@ -189,11 +188,11 @@ async def test_log_frames_attribute_exactly_and_are_swallowed() -> None:
     logs = Logs(LogSettings(), wall_clock=lambda: 1000.0)
     c = logs.container("f", "ctr")
     c.begin_call("A")
-    c.feed([(OUT, b"\nkiln_call_id=A\nin A\n")])
+    c.feed([Frame(1, b"\nkiln_call_id=A\nin A\n")])
     c.end_call()
     c.begin_call("B")  # back to back: A's late line arrives while B runs
-    c.feed([(OUT, b"late A\n\nkiln_call_id=B\nin B\n\n")])
-    c.feed([(OUT, b"kiln_call_id=Z\n")])  # not a call this container served: a plain line
+    c.feed([Frame(1, b"late A\n\nkiln_call_id=B\nin B\n\n")])
+    c.feed([Frame(1, b"kiln_call_id=Z\n")])  # not a call this container served: a plain line
     c.close()
     got = [(x.call, x.text) for x in logs.query("f", Query())]
     assert got == [
@@ -209,18 +208,18 @@ async def test_flooding_function_is_limited_with_a_counted_marker() -> None:
     fwd = Collect()
     logs = Logs(LogSettings(rate=100, burst=10), forwarder=fwd, wall_clock=lambda: 1.0)
     c = logs.container("flood", "ctr")
-    c.feed([(OUT, b"".join(b"line %d\n" % i for i in range(1000)))])
+    c.feed([Frame(1, b"".join(b"line %d\n" % i for i in range(1000)))])
     assert logs.store.usage("flood")[0] == 10
     assert logs.dropped_total("flood") == 990
     await trio.sleep(1)
-    c.feed([(OUT, b"after\n")])
+    c.feed([Frame(1, b"after\n")])
     texts = [x.text for x in logs.query("flood", Query(tail=2))]
     assert texts[0].startswith("[kiln: 990 line(s) dropped")
     assert texts[1] == "after"
     assert logs.query("flood", Query(tail=2))[0].stream == KILN
     # another function is not held back by the flood
     other = logs.container("calm", "ctr2")
-    other.feed([(OUT, b"fine\n")])
+    other.feed([Frame(1, b"fine\n")])
     assert [x.text for x in logs.query("calm", Query())] == ["fine"]
     assert len(fwd.lines) == 13
 
@@ -268,7 +267,7 @@ def test_parse_request() -> None:
 async def test_follow_streams_backlog_then_live_lines() -> None:
     logs = Logs(LogSettings(), wall_clock=lambda: 1000.0)
     c = logs.container("f", "ctr")
-    c.feed([(OUT, b"old\n")])
+    c.feed([Frame(1, b"old\n")])
     sent: list[MutableMapping[str, Any]] = []
     got_two = trio.Event()
     leave = trio.Event()
@@ -290,10 +289,20 @@ async def test_follow_streams_backlog_then_live_lines() -> None:
     async with trio.open_nursery() as n:
         n.start_soon(partial(serve_logs, logs, "f", scope, receive, send, extra_headers=[]))
         await trio.testing.wait_all_tasks_blocked()
-        c.feed([(OUT, b"new\n")])
+        c.feed([Frame(1, b"new\n")])
         await got_two.wait()
         leave.set()
     bodies = [m["body"] for m in sent if m.get("body")]
     assert [json.loads(b)["text"] for b in bodies] == ["old", "new"]
     assert sent[0]["status"] == 200
     assert logs.hub.followers("f") == 0
+
+
+def test_fdk_writes_fn_log_frames_when_asked() -> None:
+    import fdk
+
+    env = {"FN_LOGFRAME_NAME": "kiln_call_id", "FN_LOGFRAME_HDR": "Fn-Call-Id"}
+    assert fdk.log_frame({"fn-call-id": "abc"}, env) == "\nkiln_call_id=abc\n"
+    assert fdk.log_frame({"fn-call-id": "abc"}, {}) is None
+    assert fdk.log_frame({}, env) is None
+    assert fdk.log_frame({"fn-call-id": "a\nb"}, env) is None

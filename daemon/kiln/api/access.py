@@ -12,26 +12,14 @@ An ASGI wrapper, so the invoke app itself knows nothing of either:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from kiln.api import cors
 from kiln.api.auth import Tokens, Verdict, bearer
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from kiln.http.asgi import ASGIApp, Message, Receive, Scope, Send, error_body
 
 INVOKE_PREFIX = "/invoke/"
 _CHALLENGE = b'Bearer realm="kiln"'
-
-
-def _error(code: str, message: str) -> bytes:
-    import json
-
-    return json.dumps({"error": {"code": code, "message": message}}).encode() + b"\n"
 
 
 async def _answer(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
@@ -70,7 +58,7 @@ class AccessGate:
                     await _answer(
                         send,
                         403,
-                        _error(
+                        error_body(
                             "cors_forbidden",
                             f"origin not allowed for function {name!r} (cors_origins)",
                         ),
@@ -117,21 +105,21 @@ class AccessGate:
             await _answer(
                 send,
                 403,
-                _error("forbidden", f"this token may not call function {function!r}"),
+                error_body("forbidden", f"this token may not call function {function!r}"),
                 extra,
             )
         elif verdict is Verdict.MISSING:
             await _answer(
                 send,
                 401,
-                _error("unauthorized", "give a token: Authorization: Bearer kiln_…"),
+                error_body("unauthorized", "give a token: Authorization: Bearer kiln_…"),
                 [*extra, (b"www-authenticate", _CHALLENGE)],
             )
         else:
             await _answer(
                 send,
                 401,
-                _error("unauthorized", "the token is not valid (unknown, revoked or malformed)"),
+                error_body("unauthorized", "the token is not valid (unknown, revoked or malformed)"),
                 [*extra, (b"www-authenticate", _CHALLENGE + b', error="invalid_token"')],
             )
         return False

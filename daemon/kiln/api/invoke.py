@@ -194,9 +194,7 @@ class InvokeApp:
                 await self.calls_routes.accept(scope, receive, send, name, http)
                 return
             await run_call(self.calls, scope, receive, send, call_id, name, self.max_body, http)
-        elif self.calls_routes is not None and await self.calls_routes.route(
-            scope, receive, send
-        ):
+        elif self.calls_routes is not None and await self.calls_routes.route(scope, receive, send):
             return
         else:
             await send_error(

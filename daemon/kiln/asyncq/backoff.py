@@ -81,8 +81,6 @@ def decide(
     """After attempt number ``attempts`` ended (``ok``: the function answered)."""
     if ok:
         return Finish(ok=True)
-    if attempts <= policy.retries and retryable(
-        status, code, retry_on_error=policy.retry_on_error
-    ):
+    if attempts <= policy.retries and retryable(status, code, retry_on_error=policy.retry_on_error):
         return Retry(due=now + delay(attempts, policy, rng))
     return Finish(ok=False)

@@ -112,7 +112,9 @@ class CallRecord:
         if with_result and self.result_body is not None:
             out["result"] = {
                 "status": self.status,
-                "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in self.result_headers],
+                "headers": [
+                    [k.decode("latin-1"), v.decode("latin-1")] for k, v in self.result_headers
+                ],
                 **encode_body(self.result_body),
                 "truncated": self.truncated,
             }

@@ -1,7 +1,7 @@
 """The ``stdio`` call format: one container per call.
 
 Request body → the container's stdin (hijacked attach stream), stdout → the
-response body, stderr → Kiln's log. Exit 0 → 200; any other exit → 502 with the
+response body, stderr → the function's log (:mod:`kiln.logs`). Exit 0 → 200; any other exit → 502 with the
 exit code and the tail of stderr; OOM-killed → 502 saying to raise ``memory``;
 over ``timeout`` → the container is killed and the caller gets 504.
 
@@ -25,6 +25,7 @@ from kiln.containers.spec import Identity, container_config, container_name
 from kiln.docker import STDOUT, AttachStream, DockerUnreachable
 from kiln.fncontract import PLAIN_POST, HttpRequest
 from kiln.functions.spec import FunctionSpec
+from kiln.logs.service import ContainerLog, Logs
 from kiln.trioutil import open_nursery
 from kiln.units import format_size
 
@@ -88,7 +89,12 @@ def http_env(http: HttpRequest) -> dict[str, str]:
 
 
 async def _pump(
-    stream: AttachStream, body: bytes, max_output: int, spec: FunctionSpec, call_id: str
+    stream: AttachStream,
+    body: bytes,
+    max_output: int,
+    spec: FunctionSpec,
+    call_id: str,
+    output: ContainerLog | None = None,
 ) -> tuple[bytes, StderrTail]:
     stdout = bytearray()
     stderr = StderrTail()
@@ -106,6 +112,7 @@ async def _pump(
     async with open_nursery() as nursery:
         nursery.start_soon(feed_stdin)
         while (frames := await stream.receive()) is not None:
+            err_frames = []
             for frame in frames:
                 if frame.stream == STDOUT:
                     stdout += frame.data
@@ -115,13 +122,20 @@ async def _pump(
                             "to stdout (the response limit, [daemon] max_response)"
                         )
                 else:
-                    for line in stderr.feed(frame.data):
-                        log.info(
-                            "stderr fn=%s call=%s: %s",
-                            spec.name,
-                            call_id,
-                            line.decode("utf-8", "replace"),
-                        )
+                    err_frames.append(frame)
+                    lines = stderr.feed(frame.data)
+                    if output is None:
+                        for line in lines:
+                            log.info(
+                                "stderr fn=%s call=%s: %s",
+                                spec.name,
+                                call_id,
+                                line.decode("utf-8", "replace"),
+                            )
+            if output is not None and err_frames:
+                output.feed(err_frames)  # stderr → the function's log (stdout is the answer)
+    if output is not None:
+        output.close()
     return bytes(stdout), stderr
 
 
@@ -134,6 +148,7 @@ async def run_stdio(
     *,
     max_output: int,
     env: Mapping[str, str] | None = None,
+    logs: Logs | None = None,
 ) -> StdioOutput:
     """Run one ``stdio`` call in a fresh container; return its stdout and timings.
 
@@ -154,7 +169,12 @@ async def run_stdio(
             with trio.move_on_after(spec.timeout) as scope:
                 try:
                     with docker_failures(spec):
-                        stdout, stderr = await _pump(stream, body, max_output, spec, call_id)
+                        output = logs.container(spec.name, name) if logs is not None else None
+                        if output is not None:
+                            output.begin_call(call_id)
+                        stdout, stderr = await _pump(
+                            stream, body, max_output, spec, call_id, output
+                        )
                 except OutputTooLarge:
                     await runtime.kill(box)
                     raise
@@ -177,10 +197,18 @@ class StdioRunner:
     """Runs stdio calls for the daemon: what every call needs (the container
     runtime, the daemon's identity, the response limit) held once."""
 
-    def __init__(self, runtime: ContainerRuntime, identity: Identity, *, max_response: int) -> None:
+    def __init__(
+        self,
+        runtime: ContainerRuntime,
+        identity: Identity,
+        *,
+        max_response: int,
+        logs: Logs | None = None,
+    ) -> None:
         self.runtime = runtime
         self.identity = identity
         self.max_response = max_response
+        self.logs = logs
 
     async def run(
         self, spec: FunctionSpec, call_id: str, body: bytes, http: HttpRequest = PLAIN_POST
@@ -193,4 +221,5 @@ class StdioRunner:
             body,
             max_output=self.max_response,
             env=http_env(http),
+            logs=self.logs,
         )

@@ -73,7 +73,9 @@ def container_config(
         "SecurityOpt": ["no-new-privileges"],
         "NetworkMode": spec.network,
         "AutoRemove": False,
-        "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}},
+        # Kiln reads the output from the attach stream itself (kiln.logs); with
+        # the "none" driver dockerd keeps no copy (`docker logs` has nothing to show).
+        "LogConfig": {"Type": "none", "Config": {}},
     }
     if binds:
         host_config["Binds"] = list(binds)

@@ -13,6 +13,7 @@ from kiln.docker.containers import DockerContainer, DockerContainers
 from kiln.docker.errors import (
     DockerAPIError,
     DockerConflict,
+    DockerNotConnected,
     DockerNotFound,
     DockerProtocolError,
     DockerTimeout,
@@ -53,6 +54,7 @@ __all__ = [
     "DockerImages",
     "DockerNetwork",
     "DockerNetworks",
+    "DockerNotConnected",
     "DockerNotFound",
     "DockerProtocolError",
     "DockerSystem",

@@ -1,6 +1,8 @@
 """``Docker``: the aiodocker-compatible client, and the one request path every call takes.
 
-Written on anyio (through httpx/httpcore), so the same code runs under asyncio and Trio.
+Written on anyio (through httpcore, whose connection pools speak to the engine; httpx's
+extra layers cost more per call than a Docker call is worth), so the same code runs
+under asyncio and Trio.
 
 * Short calls share one connection pool and are bounded by httpx's own timeouts, not by
   outer cancel scopes. They wait for a free connection on a semaphore of the client's own
@@ -20,14 +22,17 @@ Written on anyio (through httpx/httpcore), so the same code runs under asyncio a
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import quote, urlencode
 
 import anyio
-import httpx
+import httpcore
 
 from kiln.docker.containers import DockerContainers
 from kiln.docker.errors import (
@@ -46,7 +51,34 @@ from kiln.docker.system import DockerSystem
 from kiln.docker.volumes import DockerVolumes
 
 DEFAULT_TIMEOUT = 30.0
-UPGRADE_HEADERS = {"Connection": "Upgrade", "Upgrade": "tcp"}
+CONNECT_TIMEOUT = 5.0
+UPGRADE_HEADERS = [(b"Connection", b"Upgrade"), (b"Upgrade", b"tcp")]
+_JSON = (b"Content-Type", b"application/json")
+
+
+class Transport(Protocol):
+    """What the client sends requests through: an httpcore connection pool, or a test's
+    fake engine."""
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A short call's answer, read whole."""
+
+    status_code: int
+    content: bytes
+    headers: list[tuple[bytes, bytes]]
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
 
 
 class Limiter(Protocol):
@@ -70,13 +102,17 @@ Observer = Callable[[str, str, float], None]
 
 class Docker:
     """A Docker Engine client, aiodocker's API on anyio. Make it anywhere (no I/O);
-    end it with ``await docker.close()`` (or use ``async with``)."""
+    end it with ``await docker.close()`` (or use ``async with``).
+
+    ``connector`` (a :class:`Transport`) replaces both connection pools — the seam for
+    a fake engine; ``connect`` opens the events listener's connections.
+    """
 
     def __init__(
         self,
         url: str | None = None,
-        connector: httpx.AsyncBaseTransport | None = None,
-        session: httpx.AsyncClient | None = None,
+        connector: Transport | None = None,
+        session: Transport | None = None,
         ssl_context: ssl.SSLContext | None = None,
         api_version: str = "auto",
         *,
@@ -98,30 +134,27 @@ class Docker:
         self._slots: anyio.Semaphore | None = None  # made at first use: it needs a running loop
         self.limiter: Limiter = limiter or _NoLimit()
         self.observer = observer
-        verify: ssl.SSLContext | bool = self._endpoint.ssl_context or (
-            self._endpoint.base_url.startswith("https")
+        self._base = self._endpoint.base_url.encode()
+        self._host = self._base.split(b"://", 1)[1]
+        https = self._endpoint.base_url.startswith("https")
+        sslctx = self._endpoint.ssl_context
+        if https and sslctx is None:
+            sslctx = ssl.create_default_context()
+        self.session: Transport = (
+            session
+            or connector
+            or httpcore.AsyncConnectionPool(
+                ssl_context=sslctx,
+                max_connections=pool_size,
+                max_keepalive_connections=pool_size,
+                uds=self._endpoint.uds,
+            )
         )
-        short_transport = connector or httpx.AsyncHTTPTransport(
+        self._long: Transport = connector or httpcore.AsyncConnectionPool(
+            ssl_context=sslctx,
+            max_connections=None,
+            max_keepalive_connections=0,
             uds=self._endpoint.uds,
-            verify=verify,
-            retries=0,
-            limits=httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size),
-        )
-        long_transport = connector or httpx.AsyncHTTPTransport(
-            uds=self._endpoint.uds,
-            verify=verify,
-            retries=0,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
-        )
-        self.session = session or httpx.AsyncClient(
-            transport=short_transport,
-            base_url=self._endpoint.base_url,
-            timeout=self._httpx_timeout(timeout),
-        )
-        self._long = httpx.AsyncClient(
-            transport=long_transport,
-            base_url=self._endpoint.base_url,
-            timeout=httpx.Timeout(None, connect=5.0),
         )
         self._connect: Connector = connect or (lambda: connect_endpoint(self._endpoint))
         self.containers = DockerContainers(self)
@@ -136,12 +169,6 @@ class Docker:
     def _get_context_dir_name(name: str) -> str:
         return context_dir_name(name)
 
-    @staticmethod
-    def _httpx_timeout(timeout: float | None) -> httpx.Timeout:
-        if timeout is None:
-            return httpx.Timeout(None, connect=5.0)
-        return httpx.Timeout(timeout, connect=min(timeout, 5.0))
-
     async def __aenter__(self) -> Docker:
         return self
 
@@ -152,7 +179,8 @@ class Docker:
         with anyio.CancelScope(shield=True):
             await self.events.stop()
             await self.session.aclose()
-            await self._long.aclose()
+            if self._long is not self.session:
+                await self._long.aclose()
 
     async def version(self) -> dict[str, Any]:
         data = await self._query_json("version", operation="version")
@@ -173,21 +201,62 @@ class Docker:
             self.api_version = "v" + version
         return "/" + self.api_version
 
-    async def _url(self, path: str, versioned: bool) -> str:
+    async def _url(self, path: str, versioned: bool, params: Params | None = None) -> bytes:
         listener = self.events.task
         if listener is not None and listener.exchange is None and not listener.busy:
             await self.events._open_pending()
-        path = path.lstrip("/")
-        return f"{await self._api_prefix()}/{path}" if versioned else "/" + path
+        path = quote(path.lstrip("/"), safe="/:@")
+        target = f"{await self._api_prefix()}/{path}" if versioned else "/" + path
+        query = httpize(params)
+        if query:
+            target += "?" + urlencode(query)
+        return self._base + target.encode()
 
-    def _convert(self, e: httpx.HTTPError, operation: str) -> Exception:
-        if isinstance(e, httpx.TimeoutException):
+    def _convert(self, e: Exception, operation: str) -> Exception:
+        if isinstance(e, httpcore.TimeoutException):
             return DockerTimeout(f"{operation}: Docker did not answer in time ({type(e).__name__})")
-        if isinstance(e, (httpx.ConnectError, httpx.NetworkError, httpx.RemoteProtocolError)):
+        if isinstance(e, (httpcore.NetworkError, httpcore.RemoteProtocolError, OSError)):
             return DockerUnreachable(
                 f"{operation}: cannot reach Docker at {self.docker_host}: {e or type(e).__name__}"
             )
         return DockerProtocolError(f"{operation}: {type(e).__name__}: {e}")
+
+    def _request(
+        self,
+        method: str,
+        url: bytes,
+        *,
+        data: Any,
+        content: Any,
+        headers: Mapping[str, str] | None,
+        timeout: float | None,
+        upgrade: bool = False,
+    ) -> httpcore.Request:
+        all_headers = [(b"Host", self._host)]
+        if headers:
+            all_headers += [(k.encode(), v.encode()) for k, v in headers.items()]
+        body: bytes | AsyncIterable[bytes] = b""
+        if data is not None:
+            body = json.dumps(data).encode()
+            all_headers.append(_JSON)
+        elif isinstance(content, (bytes, bytearray, memoryview)):
+            body = bytes(content)
+        elif content is not None:
+            body = content
+        if isinstance(body, bytes):
+            if body or method in ("POST", "PUT"):
+                all_headers.append((b"Content-Length", str(len(body)).encode()))
+        else:
+            all_headers.append((b"Transfer-Encoding", b"chunked"))
+        if upgrade:
+            all_headers += UPGRADE_HEADERS
+        connect = CONNECT_TIMEOUT if timeout is None else min(timeout, CONNECT_TIMEOUT)
+        extensions = {
+            "timeout": {"connect": connect, "read": timeout, "write": timeout, "pool": timeout}
+        }
+        return httpcore.Request(
+            method.encode(), url, headers=all_headers, content=body, extensions=extensions
+        )
 
     async def _query(
         self,
@@ -202,39 +271,43 @@ class Docker:
         versioned: bool = True,
         operation: str | None = None,
         ok: tuple[int, ...] = (),
-    ) -> httpx.Response:
-        """One short call on the pooled client; Docker's error statuses raise."""
+    ) -> Reply:
+        """One short call on the pooled connections; Docker's error statuses raise."""
         op = operation or f"{method} {path}"
-        url = await self._url(path, versioned)
-        kwargs: dict[str, Any] = {"params": httpize(params), "headers": headers}
-        if data is not None:
-            kwargs["json"] = data
-        elif content is not None:
-            kwargs["content"] = content
-        if timeout is not ...:
-            kwargs["timeout"] = self._httpx_timeout(timeout)  # type: ignore[arg-type]
-        t0 = anyio.current_time()
-        outcome = "error"
+        url = await self._url(path, versioned, params)
+        seconds = self.timeout if timeout is ... else timeout
+        assert seconds is None or isinstance(seconds, (int, float))
+        request = self._request(
+            method, url, data=data, content=content, headers=headers, timeout=seconds
+        )
         if self._slots is None:
             self._slots = anyio.Semaphore(self._pool_size)
+        t0 = anyio.current_time()
+        outcome = "error"
         try:
             async with self.limiter.call(), self._slots:
                 # Once sent, a short call finishes (its timeout bounds it): a request
                 # cancelled inside httpcore's pool can leave a connection marked busy
                 # for good, and mutations must not be left half-way.
                 with anyio.CancelScope(shield=True):
-                    response = await self.session.request(method, url, **kwargs)
-            outcome = str(response.status_code)
-        except httpx.HTTPError as e:
-            if isinstance(e, httpx.TimeoutException):
+                    response = await self.session.handle_async_request(request)
+                    try:
+                        body = await response.aread()
+                    finally:
+                        await response.aclose()
+            outcome = str(response.status)
+        except (httpcore.TimeoutException, httpcore.NetworkError) as e:
+            if isinstance(e, httpcore.TimeoutException):
                 outcome = "timeout"
+            raise self._convert(e, op) from e
+        except (httpcore.ProtocolError, httpcore.UnsupportedProtocol, OSError) as e:
             raise self._convert(e, op) from e
         finally:
             if self.observer is not None:
                 self.observer(op, outcome, anyio.current_time() - t0)
-        if response.status_code >= 400 and response.status_code not in ok:
-            raise api_error(response.status_code, error_message(response.content), op)
-        return response
+        if response.status >= 400 and response.status not in ok:
+            raise api_error(response.status, error_message(body), op)
+        return Reply(response.status, body, list(response.headers))
 
     async def _query_json(self, path: str, method: str = "GET", **kwargs: Any) -> Any:
         response = await self._query(path, method, **kwargs)
@@ -257,46 +330,49 @@ class Docker:
         headers: Mapping[str, str] | None = None,
         operation: str | None = None,
         upgrade: bool = False,
-    ) -> AsyncIterator[httpx.Response]:
+    ) -> AsyncIterator[httpcore.Response]:
         """A long call on a connection of its own; yields the response, body unread.
 
         ``upgrade=True`` asks Docker to hijack the connection (attach, exec start): the
         raw stream is ``response.extensions["network_stream"]``.
         """
         op = operation or f"{method} {path}"
-        url = await self._url(path, True)
-        all_headers = dict(headers or {})
-        if upgrade:
-            all_headers.update(UPGRADE_HEADERS)
-        kwargs: dict[str, Any] = {"params": httpize(params), "headers": all_headers}
-        if data is not None:
-            kwargs["json"] = data
-        elif content is not None:
-            kwargs["content"] = content
-        request = self._long.build_request(method, url, **kwargs)
+        url = await self._url(path, True, params)
+        request = self._request(
+            method, url, data=data, content=content, headers=headers, timeout=None, upgrade=upgrade
+        )
         try:
-            response = await self._long.send(request, stream=True)
-        except httpx.HTTPError as e:
+            response = await self._long.handle_async_request(request)
+        except (
+            httpcore.TimeoutException,
+            httpcore.NetworkError,
+            httpcore.ProtocolError,
+            OSError,
+        ) as e:
             raise self._convert(e, op) from e
         try:
-            if response.status_code >= 400:
+            if response.status >= 400:
                 try:
                     body = await response.aread()
-                except httpx.HTTPError as e:
+                except (
+                    httpcore.TimeoutException,
+                    httpcore.NetworkError,
+                    httpcore.ProtocolError,
+                ) as e:
                     raise self._convert(e, op) from e
-                raise api_error(response.status_code, error_message(body), op)
+                raise api_error(response.status, error_message(body), op)
             yield response
         finally:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
 
     async def _stream_chunks(
-        self, response: httpx.Response, operation: str
+        self, response: httpcore.Response, operation: str
     ) -> AsyncIterator[bytes]:
         try:
-            async for chunk in response.aiter_raw():
+            async for chunk in response.aiter_stream():
                 yield chunk
-        except httpx.HTTPError as e:
+        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as e:
             raise self._convert(e, operation) from e
 
     async def _open_exchange(
@@ -304,16 +380,14 @@ class Docker:
     ) -> H11Exchange:
         """A hand-driven exchange on its own connection (the events listener's), whose
         reads can be cancelled without losing anything."""
-        url = await self._url(path, True)
-        query = httpx.QueryParams(httpize(params) or {})
-        target = f"{url}?{query}" if query else url
+        target = (await self._url(path, True, params))[len(self._base) :].decode()
         try:
             stream = await self._connect()
         except OSError as e:
             raise DockerUnreachable(
                 f"cannot reach Docker at {self.docker_host}: {e.strerror or e}"
             ) from e
-        exchange = H11Exchange(stream, host=self._endpoint.base_url.split("://", 1)[1])
+        exchange = H11Exchange(stream, host=self._host.decode())
         try:
             head = await exchange.send_request(method, target)
             if head.status >= 400:
@@ -325,4 +399,4 @@ class Docker:
         return exchange
 
 
-__all__ = ["DEFAULT_TIMEOUT", "Docker", "Limiter", "Observer"]
+__all__ = ["DEFAULT_TIMEOUT", "Docker", "Limiter", "Observer", "Reply", "Transport"]

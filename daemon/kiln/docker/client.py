@@ -1,7 +1,7 @@
 """The Docker Engine client: httpx over the Unix socket for short calls, one
 socket of its own for each long call (``wait``, ``attach``, ``logs``).
 
-Rules it keeps (DESIGN.md, "Talking to Docker"):
+Rules it keeps:
 
 * Short calls are bounded by httpx's own timeouts (``timeout`` seconds), not by
   outer cancel scopes: cancelling pooled httpx requests from an outer Trio
@@ -29,6 +29,7 @@ import trio
 from kiln.docker.errors import (
     DockerAPIError,
     DockerConflict,
+    DockerNotConnected,
     DockerNotFound,
     DockerProtocolError,
     DockerTimeout,
@@ -208,8 +209,11 @@ class DockerClient:
             raise DockerTimeout(
                 f"{operation}: Docker did not answer within {self.timeout:g} s"
             ) from e
+        except httpx.ConnectError as e:
+            raise DockerNotConnected(
+                f"{operation}: cannot reach Docker at {self.socket_path}: {e or type(e).__name__}"
+            ) from e
         except (
-            httpx.ConnectError,
             httpx.RemoteProtocolError,
             httpx.ReadError,
             httpx.WriteError,

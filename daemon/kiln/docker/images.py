@@ -10,7 +10,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import IO, TYPE_CHECKING, Any, Literal, overload
 
-import httpx
+import httpcore
 
 from kiln.docker.jsonstream import JsonStreamDecoder
 from kiln.docker.params import filters_param
@@ -41,7 +41,7 @@ def _has_tag(ref: str) -> bool:
 class ImageExport:
     """The body of ``GET /images/{name}/get``, read as aiohttp's StreamReader reads."""
 
-    def __init__(self, docker: Docker, response: httpx.Response) -> None:
+    def __init__(self, docker: Docker, response: httpcore.Response) -> None:
         self._docker = docker
         self._response = response
 

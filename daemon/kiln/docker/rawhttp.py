@@ -40,6 +40,7 @@ class RawExchange:
         self.response: RawResponse | None = None
         self.upgraded = False
         self.trailing = b""
+        self.eof = False
 
     async def __aenter__(self) -> RawExchange:
         return self
@@ -69,9 +70,13 @@ class RawExchange:
             try:
                 event = self.conn.next_event()
             except h11.RemoteProtocolError as e:
+                if self.eof:
+                    # The connection ended in the middle of an answer: Docker went away.
+                    raise DockerUnreachable(f"Docker closed the connection: {e}") from e
                 raise DockerProtocolError(f"bad HTTP from Docker: {e}") from e
             if event is h11.NEED_DATA:
                 data = await self._receive()
+                self.eof = not data
                 self.conn.receive_data(data)
                 continue
             return event  # type: ignore[return-value]  # NEED_DATA handled above

@@ -84,10 +84,9 @@ class Stream:
                     upgrade=True,
                 )
             )
-            if response.status_code not in (101, 200):
+            if response.status not in (101, 200):
                 raise DockerProtocolError(
-                    f"{setup.operation}: Docker did not hijack the connection "
-                    f"({response.status_code})"
+                    f"{setup.operation}: Docker did not hijack the connection ({response.status})"
                 )
             network: httpcore.AsyncNetworkStream | None = response.extensions.get("network_stream")
             if network is None:

@@ -20,6 +20,7 @@ from kiln.containers.spec import Identity
 from kiln.functions.spec import FunctionSpec
 from kiln.hot.supervisor import Supervisor, SupervisorStatistics
 from kiln.hot.transport import ListenerTransport
+from kiln.logs.service import Logs
 
 log = logging.getLogger("kiln.hot")
 
@@ -40,8 +41,10 @@ class Supervisors:
         queue_max: int,
         queue_wait: float,
         transport: ListenerTransport | None = None,
+        logs: Logs | None = None,
     ) -> None:
         self.transport = transport
+        self.logs = logs
         self.runtime = runtime
         self.memory = memory
         self.identity = identity
@@ -85,6 +88,7 @@ class Supervisors:
             queue_max=self.queue_max,
             queue_wait=self.queue_wait,
             transport=self.transport,
+            logs=self.logs,
         )
         scope = trio.CancelScope()
         self.by_name[spec.name] = supervisor

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import json
 import logging
 from collections.abc import Callable
 from http import HTTPStatus
@@ -51,7 +50,7 @@ from urllib.parse import unquote_to_bytes
 import h11
 import trio
 
-from kiln.http.asgi import ASGIApp, Message, Scope
+from kiln.http.asgi import ASGIApp, Message, Scope, error_body
 
 log = logging.getLogger("kiln.http")
 
@@ -108,7 +107,7 @@ def error_response(
 ) -> bytes:
     """A complete ``Connection: close`` error response, built without h11 (whose
     state may be ERROR by then)."""
-    body = json.dumps({"error": {"code": code, "message": message}}).encode() + b"\n"
+    body = error_body(code, message)
     reason = REASONS.get(status, b"")
     extra = b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers)
     return (

@@ -172,13 +172,17 @@ class LogThrottle:
 class _Connection:
     """What the server may do to one connection from outside its task: evict it."""
 
-    __slots__ = ("cycle", "head_scope")
+    __slots__ = ("cycle", "evicted", "head_scope")
 
     def __init__(self) -> None:
         self.head_scope: trio.CancelScope | None = None  # waiting for a request head
         self.cycle: Cycle | None = None  # a request whose body is not read yet
+        #: Sticky: a head that arrived whole in the read the eviction raced with
+        #: still closes the connection.
+        self.evicted = False
 
     def evict(self) -> None:
+        self.evicted = True
         if self.head_scope is not None:
             self.head_scope.cancel()
         if self.cycle is not None:
@@ -238,7 +242,7 @@ class _Server:
         """Move ``handle`` into ``group`` (idle, reading or None: busy)."""
         self.idle.pop(handle, None)
         self.reading.pop(handle, None)
-        if group is not None:
+        if group is not None and not handle.evicted:
             group[handle] = None
             self.evictable.unpark_all()
         elif self._full():
@@ -299,7 +303,7 @@ class _Server:
         try:
             while True:
                 event = await self._next_request(conn, stream, handle)
-                if event is None:
+                if event is None or handle.evicted:
                     return
                 if not isinstance(event, h11.Request):
                     await stream.send_all(event)
@@ -359,7 +363,9 @@ class _Server:
                     except h11.RemoteProtocolError as e:
                         if eof:
                             return None  # EOF mid-head: nobody to answer
-                        status = e.error_status_hint
+                        # h11 hints 501 for a transfer coding it does not know; what
+                        # a caller sends is never the server's fault here: 400.
+                        status = e.error_status_hint if e.error_status_hint < 500 else 400
                         code = "headers_too_large" if status == 431 else "bad_request"
                         return error_response(status, code, str(e))
                     if event is h11.NEED_DATA:

@@ -18,21 +18,15 @@ import json
 import re
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
 
 import trio
 
 from kiln.calls.errors import CallError
+from kiln.http.asgi import Receive, Scope, Send
 from kiln.logs.lines import LogLine
 from kiln.logs.service import Logs
 from kiln.logs.store import Query
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 NDJSON = b"application/x-ndjson"
 TEXT = b"text/plain; charset=utf-8"

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
@@ -51,6 +52,17 @@ ERROR_TAIL_BYTES = 2000
 
 # Docker's stream numbers → names.
 _STREAMS = {1: STDOUT, 2: STDERR}
+
+
+class Chunk(Protocol):
+    """A piece of a container's output: Docker's stream number and the bytes
+    (:class:`kiln.docker.Frame` is one)."""
+
+    @property
+    def stream(self) -> int: ...
+
+    @property
+    def data(self) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -217,16 +229,16 @@ class ContainerLog:
             return self.call
         return self.last_call if lingering else None
 
-    def feed(self, chunks: Iterable[tuple[int, bytes]]) -> None:
-        """One read's worth of ``(docker stream number, data)`` pieces."""
+    def feed(self, chunks: Iterable[Chunk]) -> None:
+        """One read's worth of output (Docker frames)."""
         now = trio.current_time()
         out: list[tuple[str | None, str, str]] = []
-        for stream_no, data in chunks:
-            name = _STREAMS.get(stream_no)
+        for chunk in chunks:
+            name = _STREAMS.get(chunk.stream)
             if name is None:
                 continue
             st = self._streams[name]
-            self._lines(st, name, st.splitter.feed(data), now, out)
+            self._lines(st, name, st.splitter.feed(chunk.data), now, out)
         if out:
             self.logs.emit(self.function, self.container, out, now=now, wall=self.logs.wall_clock())
 
@@ -254,6 +266,14 @@ class ContainerLog:
                 st.pending_empty = True  # may be the newline that opens a frame
                 continue
             out.append((self._attribute(st, now), name, line_text(raw, cut)))
+
+    def tail_text(self, lines: int = ERROR_TAIL_LINES, *, call: str | None = None) -> str:
+        """The last lines this container wrote (during ``call`` only, if given), for an
+        error message."""
+        q = Query(container=self.container, call=call, tail=lines)
+        picked = self.logs.query(self.function, q)
+        text = "\n".join(line.text for line in picked if line.stream != KILN)
+        return text[-ERROR_TAIL_BYTES:]
 
     def close(self) -> None:
         """The container's output ended: its unterminated last lines are lines too."""

@@ -27,12 +27,14 @@ class Query:
     call: str | None = None
     tail: int | None = None
     after_seq: int = 0
+    container: str | None = None
 
     def matches(self, line: LogLine) -> bool:
         return (
             line.seq > self.after_seq
             and (self.since is None or line.time >= self.since)
             and (self.call is None or line.call == self.call)
+            and (self.container is None or line.container == self.container)
         )
 
 
@@ -61,7 +63,9 @@ class FunctionRing:
             for line in reversed(self.lines):
                 if line.seq <= q.after_seq or (q.since is not None and line.time < q.since):
                     break  # lines are in seq order; times nearly so
-                if q.call is None or line.call == q.call:
+                if (q.call is None or line.call == q.call) and (
+                    q.container is None or line.container == q.container
+                ):
                     picked.append(line)
                     if len(picked) >= q.tail:
                         break
