@@ -4,7 +4,11 @@ container's Unix socket and (b) through Kiln's POST /invoke, in one run.
     python bench/hot.py [--seconds 5]
 
 Prints p50/p99 latency at 1 client and calls/s at 1, 8 and 64 concurrent
-clients, with the Kiln/direct ratio.
+clients, with the Kiln/direct ratio. Then the same for the Fn project's own
+FDKs (``kiln-test/fn-python``: fdk-python, ``kiln-test/fn-node``: the Node FDK,
+each running Fn's hello-world function) beside Kiln's FDK: p50/p99 at one
+client through Kiln and direct to a container of the same image, and Kiln's
+CPU per call from its own process counters.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from urllib.parse import urlparse
 import psutil
 import trio
 
-from _common import PYTHON, KeepAliveClient, kiln_daemon, percentile
+from _common import FN_NODE, FN_PYTHON, PYTHON, KeepAliveClient, kiln_daemon, percentile
 from kiln.docker import DockerClient
 from kiln.fncontract import call_request_headers, container_env
 from kiln.hot.httpstream import FnConnection
@@ -53,23 +57,33 @@ async def run_clients(
     return done, latencies
 
 
-async def direct_container(tmp: Path) -> tuple[DockerClient, str, Path]:
+#: The FDK table's functions: (image, cmd, body). Each one's answer is 200.
+FDKS: dict[str, tuple[str, list[str], bytes]] = {
+    "kiln fdk": (PYTHON, ["python3", "/fn/echo_fdk.py"], BODY),
+    "fdk-python": (FN_PYTHON, ["handler"], b'{"name": "Kiln"}'),
+    "node fdk": (FN_NODE, ["func.js"], b'{"name": "Kiln"}'),
+}
+
+
+async def direct_container(
+    tmp: Path, image: str = PYTHON, cmd: list[str] | None = None
+) -> tuple[DockerClient, str, Path]:
     docker = DockerClient()
     iofs = tmp / "iofs"
     iofs.mkdir()
     iofs.chmod(0o777)
     cid = await docker.create_container(
         {
-            "Image": PYTHON,
-            "Cmd": ["python3", "/fn/echo_fdk.py"],
+            "Image": image,
+            "Cmd": cmd or ["python3", "/fn/echo_fdk.py"],
             "Env": [f"{k}={v}" for k, v in container_env("echo", 64 << 20, {}).items()],
             "HostConfig": {
                 "Binds": [f"{iofs}:/tmp/iofs"],
                 "Init": True,
                 "ReadonlyRootfs": True,
                 "Tmpfs": {"/tmp": "rw"},
-                "Memory": 64 << 20,
-                "MemorySwap": 64 << 20,
+                "Memory": 128 << 20,
+                "MemorySwap": 128 << 20,
                 "CapDrop": ["ALL"],
                 "NetworkMode": "none",
             },
@@ -136,10 +150,101 @@ async def measure_kiln(url: str, seconds: float) -> dict[str, float]:
     return await series(make_kiln, seconds)
 
 
+async def latency(make_call: Callable[[], Awaitable[Call]], seconds: float) -> dict[str, float]:
+    await run_clients(make_call, 1, 0.5)  # warm-up
+    n, lat = await run_clients(make_call, 1, seconds)
+    return {"p50": percentile(lat, 50) * 1000, "p99": percentile(lat, 99) * 1000, "calls": n}
+
+
+async def measure_fdks_direct(seconds: float) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for label, (image, cmd, body) in FDKS.items():
+        with tempfile.TemporaryDirectory() as tmpdir:
+            docker, cid, sock = await direct_container(Path(tmpdir), image, cmd)
+            try:
+
+                async def make_direct(sock: Path = sock, body: bytes = body) -> Call:
+                    conn = await FnConnection.open(sock)
+
+                    async def call() -> None:
+                        headers = call_request_headers("bench", time.time() + 30, [])
+                        r = await conn.call(headers, body)
+                        assert r.status == 200, (r.status, r.body[:200])
+
+                    return call
+
+                out[label] = await latency(make_direct, seconds)
+            finally:
+                await docker.remove(cid, force=True)
+                await docker.aclose()
+    return out
+
+
+def fdk_name(label: str) -> str:
+    return label.replace(" ", "-")
+
+
+async def measure_fdk_kiln(url: str, label: str, seconds: float) -> dict[str, float]:
+    u = urlparse(url)
+    body = FDKS[label][2]
+
+    async def make_kiln() -> Call:
+        client = KeepAliveClient(u.hostname or "", u.port or 0)
+
+        async def call() -> None:
+            status, answer = await client.request(f"/invoke/{fdk_name(label)}", body)
+            assert status == 200, (status, answer[:200])
+
+        return call
+
+    return await latency(make_kiln, seconds)
+
+
+def fdk_table(seconds: float) -> None:
+    """Kiln's FDK, fdk-python and the Node FDK: through Kiln and direct, in one run."""
+    direct = trio.run(measure_fdks_direct, seconds)
+    fns = {
+        fdk_name(label): {
+            "image": image,
+            "cmd": cmd,
+            "format": "http-stream",
+            "memory": "128MiB",
+            "max_containers": 1,
+            "idle_timeout": 600,
+        }
+        for label, (image, cmd, _body) in FDKS.items()
+    }
+    kiln: dict[str, dict[str, float]] = {}
+    with kiln_daemon(fns) as (url, proc, _id):
+        daemon = psutil.Process(proc.pid)
+        for label in FDKS:
+            t = daemon.cpu_times()
+            kiln[label] = trio.run(measure_fdk_kiln, url, label, seconds)
+            t2 = daemon.cpu_times()
+            cpu = (t2.user - t.user) + (t2.system - t.system)
+            kiln[label]["cpu_us"] = cpu / kiln[label]["calls"] * 1e6
+    print()
+    print(f"hot calls per FDK, 1 client, {seconds:g} s per figure (Fn's hello world / Kiln's echo)")
+    print(
+        f"{'':12}{'direct p50':>11}{'p99':>7}{'kiln p50':>10}{'p99':>7}"
+        f"{'added p50':>11}{'kiln CPU/call':>15}"
+    )
+    for label in FDKS:
+        d, k = direct[label], kiln[label]
+        print(
+            f"{label:12}{d['p50']:11.2f}{d['p99']:7.2f}{k['p50']:10.2f}{k['p99']:7.2f}"
+            f"{k['p50'] - d['p50']:11.2f}{k['cpu_us']:12.0f} µs"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--fdks-only", action="store_true", help="only the per-FDK table")
     args = parser.parse_args()
+    if args.fdks_only:
+        fdk_table(args.seconds)
+        return
     results = trio.run(measure, args.seconds)
     fns = {
         "echo": {
@@ -170,6 +275,7 @@ def main() -> None:
         f"{'kiln/dir':10}{k['p50'] / d['p50']:8.2f}x{k['p99'] / d['p99']:8.2f}x"
         f"{k['c1'] / d['c1']:8.2f}x{k['c8'] / d['c8']:8.2f}x{k['c64'] / d['c64']:8.2f}x"
     )
+    fdk_table(args.seconds)
 
 
 if __name__ == "__main__":

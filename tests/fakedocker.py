@@ -37,7 +37,14 @@ import trio
 import trio.testing
 
 from kiln.docker.frames import STDERR, STDOUT, encode_frame
-from kiln.hot.httpstream import MAX_RESPONSE, FnProtocolError, FnResponse, ResponseTooLarge
+from kiln.hot.httpstream import (
+    MAX_RESPONSE,
+    FnProtocolError,
+    FnResponse,
+    RequestNotSent,
+    ResponseTooLarge,
+)
+from kiln.hot.transport import HotConnection
 
 
 class Proc:
@@ -139,6 +146,29 @@ async def hot_big(proc: Proc) -> int:
     return 0
 
 
+async def hot_crashes(proc: Proc) -> int:
+    """Serves calls (logging a line each); a call with body ``crash`` makes it print a
+    traceback and exit with code 1 before answering."""
+    crash = trio.Event()
+
+    async def handler(
+        headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        if body == b"crash":
+            await trio.sleep(0.5)
+            await proc.err(b"Traceback (most recent call last):\nValueError: boom\n")
+            crash.set()
+            await trio.sleep_forever()
+        await proc.err(b"Traceback of an earlier call: KeyError\n")
+        return 200, [], body
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(proc.listen, handler)
+        await crash.wait()
+        nursery.cancel_scope.cancel()
+    return 1
+
+
 async def hot_never_binds(proc: Proc) -> int:
     await trio.sleep(3600)
     return 0
@@ -206,6 +236,7 @@ DEFAULT_PROGRAMS: dict[str, Program] = {
     "hot_picky": hot_picky,
     "hot_big": hot_big,
     "hot_never_binds": hot_never_binds,
+    "hot_crashes": hot_crashes,
     "hot_exits": hot_exits,
 }
 
@@ -224,6 +255,8 @@ class FakeContainer:
     scope: trio.CancelScope | None = None
     handler: HotHandler | None = None
     listening: trio.Event = field(default_factory=trio.Event)
+    #: The listener stops accepting connections (the function's server died, the process lives).
+    refuse_connect: bool = False
 
     def __post_init__(self) -> None:
         self.stdin_send, self.stdin_recv = trio.open_memory_channel[bytes](64)
@@ -501,7 +534,7 @@ class FakeDocker:
             assert request is not None
             target = request.target.decode()
             path = re.sub(r"^/v[0-9.]+", "", target.split("?")[0])
-            m = re.match(r"^/containers/([^/]+)/(wait|attach)$", path)
+            m = re.match(r"^/containers/([^/]+)/(wait|attach|logs)$", path)
             if not m:
                 await self._long_error(stream, conn, 404, "page not found")
                 return
@@ -528,6 +561,9 @@ class FakeDocker:
                     + conn.send(h11.EndOfMessage())
                 )
                 return
+            if op == "logs":
+                await self._follow_logs(stream, c)
+                return
             await self._attach(stream, conn, c)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -546,6 +582,18 @@ class FakeDocker:
             + conn.send(h11.Data(data=body))
             + conn.send(h11.EndOfMessage())
         )
+
+    async def _follow_logs(self, stream: trio.abc.HalfCloseableStream, c: FakeContainer) -> None:
+        """``logs?follow=1``: the frames the container writes from now on, until it exits
+        (the body ends with the connection)."""
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.multiplexed-stream\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        if c.state == "exited":
+            return
+        c.attach_streams.append(stream)
+        await c.exited.wait()
 
     async def _attach(
         self, stream: trio.abc.HalfCloseableStream, conn: h11.Connection, c: FakeContainer
@@ -604,6 +652,9 @@ class FakeConnection:
             raise ResponseTooLarge(self.max_response)
         return FnResponse(status, resp_headers, resp_body)
 
+    def stale(self) -> bool:
+        return False
+
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()
 
@@ -611,8 +662,9 @@ class FakeConnection:
 class FakeTransport:
     """The pool's listener seam for the fake engine: ready when the program listens."""
 
-    def __init__(self, fake: FakeDocker) -> None:
+    def __init__(self, fake: FakeDocker, *, connection_idle: float = 1.0) -> None:
         self.fake = fake
+        self.connection_idle = connection_idle
 
     def _container_for(self, iofs: Path) -> FakeContainer:
         for c in self.fake.containers.values():
@@ -628,6 +680,8 @@ class FakeTransport:
 
     async def connect(
         self, socket_path: Path, *, max_response: int = MAX_RESPONSE
-    ) -> FakeConnection:
+    ) -> HotConnection:
         await trio.lowlevel.checkpoint()
+        if self.fake.containers[socket_path.name].refuse_connect:
+            raise RequestNotSent(f"cannot connect to {socket_path}: Connection refused")
         return FakeConnection(self.fake.containers[socket_path.name], max_response)

@@ -23,7 +23,7 @@ from kiln.calls.errors import CallError
 from kiln.calls.lifecycle import Calls
 from kiln.config import Config, ConfigError, load
 from kiln.containers.janitor import Janitor
-from kiln.docker import DockerClient, DockerError
+from kiln.docker import DockerClient, DockerError, DockerNotFound
 from kiln.functions.policy import HostPolicy
 from kiln.functions.registry import FunctionRegistry
 from kiln.functions.spec import FunctionSpec
@@ -207,6 +207,24 @@ class Operations:
                 self.store.restore(spec.name, previous)
                 raise
         log.info("deployed function %s (%s, %s)", spec.name, spec.image, format_size(spec.memory))
+
+    async def image_warning(self, spec: FunctionSpec) -> str | None:
+        """Why ``spec``'s first call would fail for want of its image, or None.
+
+        Kiln never pulls: an image that is not on this host is worth a warning at
+        deploy time. When Docker cannot tell (down, slow), say nothing.
+        """
+        try:
+            with trio.move_on_after(5):
+                await self.docker.image_inspect(spec.image)
+        except DockerNotFound:
+            return (
+                f"image {spec.image!r} is not on this host: Kiln never pulls, so calls of "
+                f"{spec.name!r} fail until it is there (docker pull / docker load it)"
+            )
+        except DockerError:
+            pass
+        return None
 
     async def remove(self, name: str) -> None:
         self.spec(name)

@@ -18,6 +18,7 @@ import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -31,9 +32,10 @@ from kiln.containers.spec import Identity, container_config
 from kiln.docker import DockerError
 from kiln.fncontract import container_env
 from kiln.functions.spec import FunctionSpec
+from kiln.hot.dialer import Dialer
 from kiln.hot.httpstream import FnProtocolError
 from kiln.hot.readiness import ListenerInvalid
-from kiln.hot.transport import HotConnection, ListenerTransport
+from kiln.hot.transport import ListenerTransport
 from kiln.logs.service import FRAME_NAME, ContainerLog, Logs
 
 log = logging.getLogger("kiln.hot")
@@ -74,7 +76,7 @@ class HotContainer:
     ready_at: float = 0.0
     calls: int = 0
     current_call: str | None = None
-    conn: HotConnection | None = None
+    conn: Dialer | None = None
     reservation: Reservation | None = None
     exit_code: int | None = None
     log: ContainerLog | None = None
@@ -99,9 +101,10 @@ class HotContainer:
         if self.log is not None:
             self.log.end_call()
 
-    def output_tail(self) -> str:
-        """The last lines this container wrote (for error messages)."""
-        return self.log.tail_text() if self.log is not None else ""
+    def output_tail(self, call: str | None = None) -> str:
+        """The last lines this container wrote (during ``call`` only, if given), for
+        error messages."""
+        return self.log.tail_text(call=call) if self.log is not None else ""
 
     def retire_now(self, reason: str) -> None:
         if not self.retire.is_set():
@@ -233,12 +236,18 @@ class Launcher:
                     code="start_timeout",
                 )
         assert socket_path is not None
+        dialer = Dialer(
+            partial(self.transport.connect, socket_path, max_response=self.max_response),
+            idle=self.transport.connection_idle,
+        )
         try:
-            c.conn = await self.transport.connect(socket_path, max_response=self.max_response)
-        except (OSError, FnProtocolError) as e:
+            await dialer.connect()
+        except FnProtocolError as e:
             raise FunctionFailed(
                 f"function {spec.name!r}: cannot connect to its listener: {e}", code="start_failed"
             ) from e
+        c.conn = dialer
+        nursery.start_soon(dialer.run)
 
     async def _watch_exit(
         self,
@@ -314,7 +323,9 @@ class Launcher:
         error = exit_outcome(self.spec, ExitInfo(c.exit_code, oom, tail))
         return error if error is not None and error.code == "out_of_memory" else None
 
-    async def why_lost(self, c: HotContainer, error: CallError) -> CallError:
+    async def why_lost(
+        self, c: HotContainer, error: CallError, call: str | None = None
+    ) -> CallError:
         """A call's connection broke: if the container died of its memory limit, say
         so (``out_of_memory``, "raise `memory`"), else keep ``error``. Waits a moment
         for Docker to report the exit. Never raises."""
@@ -322,7 +333,7 @@ class Launcher:
             await c.exited.wait()
         if not c.exited.is_set():
             return error
-        return await self.out_of_memory(c, c.output_tail()) or error
+        return await self.out_of_memory(c, c.output_tail(call)) or error
 
     async def kill(self, c: HotContainer) -> None:
         """Kill a broken container (shielded, bounded, never raises): the caller and the

@@ -33,7 +33,7 @@ from kiln.containers.runtime import ContainerRuntime
 from kiln.containers.spec import Identity, container_name
 from kiln.fncontract import HttpRequest
 from kiln.functions.spec import FunctionSpec
-from kiln.hot.call import run_call
+from kiln.hot.call import Outcome, run_call
 from kiln.hot.container import HotContainer, Launcher
 from kiln.hot.scheduler import (
     Decision,
@@ -85,6 +85,8 @@ class SupervisorStatistics:
 
 @dataclass
 class HotResult:
+    """A call's answer, or its ``error``; timed either way."""
+
     status: int
     headers: list[tuple[bytes, bytes]]
     body: bytes
@@ -92,6 +94,11 @@ class HotResult:
     queue: float
     start: float
     run: float
+    error: CallError | None = None
+
+
+#: How many more containers a call that never reached its container's listener may try.
+MAX_REDISPATCH = 2
 
 
 class _Waiter:
@@ -331,13 +338,43 @@ class Supervisor:
         headers: Iterable[tuple[bytes, bytes]],
         http: HttpRequest | None = None,
     ) -> HotResult:
-        """Run one call on a hot container. Raises CallError with the caller's status."""
+        """Run one call on a hot container; a failed call comes back with ``error`` set
+        (and its real timings). Raises CallError when no container could be had.
+
+        A call that never reached its container (the listener could not be
+        reached again: the container is replaced) goes to another container, up
+        to :data:`MAX_REDISPATCH` times.
+        """
         t0 = trio.current_time()
+        headers = list(headers)
         c, waited, first = await self._acquire()
         t_got = trio.current_time()
         cold = waited and first
         start = (c.ready_at - max(t0, c.created_at)) if cold else 0.0
         queue = (t_got - t0) - start
+        for attempt in range(MAX_REDISPATCH + 1):
+            if attempt:
+                log.warning("fn=%s call %s: sent to another container", self.spec.name, call_id)
+                c, _, _ = await self._acquire()
+                t_got = trio.current_time()
+            outcome = await self._call_on(c, call_id, body, headers, http)
+            if not outcome.undelivered:
+                break
+        run = trio.current_time() - t_got
+        if outcome.error is not None:
+            return HotResult(outcome.error.status, [], b"", cold, queue, start, run, outcome.error)
+        answer = outcome.answer
+        assert answer is not None
+        return HotResult(answer.status, answer.headers, answer.body, cold, queue, start, run)
+
+    async def _call_on(
+        self,
+        c: HotContainer,
+        call_id: str,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]],
+        http: HttpRequest | None,
+    ) -> Outcome:
         c.begin_call(call_id)
         c.calls += 1
         broken: str | None = "call cancelled"
@@ -346,7 +383,7 @@ class Supervisor:
                 self.spec, c, call_id, body, headers, http, max_response=self.launcher.max_response
             )
             if outcome.lost and outcome.error is not None:
-                why = await self.launcher.why_lost(c, outcome.error)
+                why = await self.launcher.why_lost(c, outcome.error, call_id)
                 outcome = dataclasses.replace(outcome, error=why)
             broken = outcome.broken
         finally:
@@ -354,19 +391,7 @@ class Supervisor:
                 await self.launcher.kill(c)
             c.end_call()
             self._apply(self.scheduler.call_done(c.seq, trio.current_time(), broken))
-        if outcome.error is not None:
-            raise outcome.error
-        answer = outcome.answer
-        assert answer is not None
-        return HotResult(
-            status=answer.status,
-            headers=answer.headers,
-            body=answer.body,
-            cold=cold,
-            queue=queue,
-            start=start,
-            run=trio.current_time() - t_got,
-        )
+        return outcome
 
     # ---- one container's life ---------------------------------------------------
 

@@ -267,9 +267,11 @@ class ContainerLog:
                 continue
             out.append((self._attribute(st, now), name, line_text(raw, cut)))
 
-    def tail_text(self, lines: int = ERROR_TAIL_LINES) -> str:
-        """The last lines this container wrote, for an error message."""
-        picked = self.logs.query(self.function, Query(container=self.container, tail=lines))
+    def tail_text(self, lines: int = ERROR_TAIL_LINES, *, call: str | None = None) -> str:
+        """The last lines this container wrote (during ``call`` only, if given), for an
+        error message."""
+        q = Query(container=self.container, call=call, tail=lines)
+        picked = self.logs.query(self.function, q)
         text = "\n".join(line.text for line in picked if line.stream != KILN)
         return text[-ERROR_TAIL_BYTES:]
 
