@@ -92,6 +92,7 @@ ACCEPT_BACKOFF = 0.1
 #: At most one log line per this many seconds about failing accepts.
 ACCEPT_LOG_INTERVAL = 10.0
 _ACCEPT_CAPACITY_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_EVICTED = "too many connections: this slow one was closed to make room"
 #: What ``Allow`` says when the server refuses CONNECT.
 ALLOW = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
@@ -186,11 +187,7 @@ class _Connection:
         if self.head_scope is not None:
             self.head_scope.cancel()
         if self.cycle is not None:
-            self.cycle.refuse(
-                Refusal(
-                    503, "overloaded", "too many connections: a slow one was closed", linger=False
-                )
-            )
+            self.cycle.refuse(Refusal(503, "overloaded", _EVICTED, linger=False))
 
 
 class _Server:
@@ -303,11 +300,14 @@ class _Server:
         try:
             while True:
                 event = await self._next_request(conn, stream, handle)
-                if event is None or handle.evicted:
+                if event is None:
                     return
+                if handle.evicted and isinstance(event, h11.Request):
+                    # evicted as its head arrived: tell the client, do not serve it
+                    event = error_response(503, "overloaded", _EVICTED)
                 if not isinstance(event, h11.Request):
                     await stream.send_all(event)
-                    linger = True
+                    linger = not handle.evicted  # an evicted one frees its descriptor now
                     return
                 cycle = Cycle(
                     conn,
