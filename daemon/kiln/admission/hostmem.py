@@ -21,7 +21,7 @@ source; nothing here raises for a strange host):
 
 Note: the containers Kiln starts live in cgroups made by dockerd, not in Kiln's
 own cgroup, so Kiln's limit does not bound them. Using it anyway is the
-conservative choice the design asks for: an operator who confines the Kiln
+conservative choice: an operator who confines the Kiln
 service to 4 GiB expects Kiln not to hand out more than that.
 
 The pure part (:func:`plan_capacity`) does no I/O.

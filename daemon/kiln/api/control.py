@@ -68,9 +68,9 @@ def _json(data: Any) -> bytes:
 
 class ControlApp:
     def __init__(
-        self, controller: Operations, *, logs: Logs | None = None, tokens: Tokens | None = None
+        self, operations: Operations, *, logs: Logs | None = None, tokens: Tokens | None = None
     ) -> None:
-        self.c = controller
+        self.c = operations
         self.logs = logs
         self.tokens = tokens
         #: ``/calls`` (async calls), when enabled.

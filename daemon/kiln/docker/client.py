@@ -1,7 +1,7 @@
 """The Docker Engine client: httpx over the Unix socket for short calls, one
 socket of its own for each long call (``wait``, ``attach``, ``logs``).
 
-Rules it keeps (DESIGN.md, "Talking to Docker"):
+Rules it keeps:
 
 * Short calls are bounded by httpx's own timeouts (``timeout`` seconds), not by
   outer cancel scopes: cancelling pooled httpx requests from an outer Trio
