@@ -122,7 +122,13 @@ class KeepAliveClient:
         self.stream: Any = None
         self.conn: Any = None
 
-    async def request(self, path: str, body: bytes) -> tuple[int, bytes]:
+    async def request(
+        self,
+        path: str,
+        body: bytes,
+        headers: Sequence[tuple[str, str]] = (),
+        method: str = "POST",
+    ) -> tuple[int, bytes]:
         import h11
         import trio
 
@@ -132,9 +138,9 @@ class KeepAliveClient:
         conn = self.conn
         data = conn.send(
             h11.Request(
-                method="POST",
+                method=method,
                 target=path,
-                headers=[("Host", self.host), ("Content-Length", str(len(body)))],
+                headers=[("Host", self.host), ("Content-Length", str(len(body))), *headers],
             )
         )
         data += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())

@@ -139,10 +139,91 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"functions  {s['functions']}",
             f"containers {containers}",
             f"docker     {s['docker']['socket']} ({'reachable' if s['docker']['reachable'] else 'UNREACHABLE'})",
+            *async_status(s.get("async")),
         ]
     )
     emit(args, s, human)
     return 0
+
+
+def async_status(a: dict[str, Any] | None) -> list[str]:
+    if not a:
+        return []
+    age = a.get("oldest_due_age")
+    behind = f", oldest due waiting {age:.1f} s" if age else ""
+    return [
+        f"async      {a['queued']} queued, {a['running']} running ({a['store']}, host {a['host']}"
+        f"{behind}); here: {a['accepted']} accepted, {a['succeeded']} succeeded, "
+        f"{a['failed']} failed, {a['retried']} retried"
+    ]
+
+
+def cmd_calls(args: argparse.Namespace) -> int:
+    from urllib.parse import urlencode
+
+    query = {"limit": str(args.limit)}
+    if args.function:
+        query["function"] = args.function
+    if args.state:
+        query["state"] = args.state
+    data = request(args, "GET", f"/calls?{urlencode(query)}").json()
+    rows = [
+        {
+            "id": c["id"],
+            "function": c["function"],
+            "state": c["state"],
+            "attempts": c["attempts"],
+            "status": c.get("status", ""),
+            "created": _when(c["created"]),
+            "host": c.get("host") or "",
+        }
+        for c in data["calls"]
+    ]
+    emit(
+        args,
+        data,
+        table(rows, ["id", "function", "state", "attempts", "status", "created", "host"]),
+    )
+    return 0
+
+
+def _when(epoch: float | None) -> str:
+    import datetime
+
+    if epoch is None:
+        return ""
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    import base64
+
+    path = f"/calls/{args.id}"
+    while True:
+        # With --wait the daemon holds each request until the call finishes (or a
+        # minute passes), so this loop turns once a minute at most.
+        c = request(args, "GET", f"{path}?wait=60" if args.wait else path).json()
+        if not args.wait or c["state"] in ("succeeded", "failed", "cancelled"):
+            break
+    if args.json:
+        print(json.dumps(c, indent=2))
+    else:
+        lines = [
+            f"{c['id']}  {c['function']}  {c['state']}  attempts {c['attempts']}",
+            f"created {_when(c['created'])}  started {_when(c['started'])}  "
+            f"finished {_when(c['finished'])}  host {c.get('host') or '-'}",
+        ]
+        if c.get("error"):
+            lines.append(f"error: {c['error']}")
+        print("\n".join(lines), file=sys.stderr if args.wait else sys.stdout)
+        result = c.get("result")
+        if args.wait and result is not None:
+            if "body_base64" in result:
+                sys.stdout.buffer.write(base64.b64decode(result["body_base64"]))
+            else:
+                sys.stdout.write(result["body"])
+            sys.stdout.flush()
+    return 0 if c["state"] != "failed" else 1
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -443,6 +524,17 @@ def build_parser() -> argparse.ArgumentParser:
         "-i", "--include", action="store_true", help="show the status, headers and call id"
     )
     p.set_defaults(func=cmd_invoke)
+    p = client("calls", "async calls, newest first")
+    p.add_argument("--function", help="only this function's")
+    p.add_argument(
+        "--state", choices=["queued", "running", "succeeded", "failed", "cancelled"]
+    )
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_calls)
+    p = client("call", "one async call (--wait: until done, then print its result)")
+    p.add_argument("id")
+    p.add_argument("--wait", action="store_true", help="wait until it is done; print the result")
+    p.set_defaults(func=cmd_call)
     p = client("logs", "a function's log lines (like docker logs)")
     p.add_argument("name")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")

@@ -98,6 +98,9 @@ class AsyncConfig:
     retention: float = 24 * 3600.0
     #: This host's name in the store ("" = "<hostname>/<daemon id>").
     host: str = ""
+    #: A claimed call's lease covers its longest possible run plus this (seconds):
+    #: slack for clock skew between hosts. Another host takes it over after that.
+    lease_margin: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -285,6 +288,7 @@ def _async(t: Table) -> AsyncConfig:
         queue_max=t.integer("queue_max", d.queue_max, minimum=0),
         retention=t.number("retention", d.retention, minimum=0),
         host=t.string("host", d.host),
+        lease_margin=t.number("lease_margin", d.lease_margin, minimum=0),
     )
     t.done()
     return out

@@ -191,6 +191,7 @@ class Daemon:
                 async_capacity=memory.statistics().async_capacity,
                 queue_wait=limits.queue_wait,
                 max_response=config.daemon.max_response,
+                lease_margin=config.async_.lease_margin,
             )
             invoke_app.calls_routes = CallsRoutes(
                 asyncq, registry.__contains__, max_body=config.daemon.max_body
