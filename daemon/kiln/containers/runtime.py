@@ -156,8 +156,8 @@ class ContainerRuntime:
 
     @asynccontextmanager
     async def attach(self, box: Box) -> AsyncIterator[AttachStream]:
-        """The container's stdio (attach before start). Stream errors stay Docker's:
-        wrap their use in :func:`docker_failures`."""
+        """The container's stdio (attach before start). A DockerError the stream
+        raises inside the block leaves it as the caller's :class:`CallError`."""
         with docker_failures(box.spec):
             async with self.docker.attach(box.ref) as stream:
                 yield stream
