@@ -70,6 +70,10 @@ async def test_dials_on_first_call_and_reuses_while_busy_enough(
             await trio.sleep(0.5)
         assert len(dials.made) == 1
         assert dials.made[0].calls == 5
+        await trio.sleep(0.4)  # 0.9 s since the last call
+        assert not dials.made[0].closed
+        await trio.sleep(0.2)
+        assert dials.made[0].closed
         nursery.cancel_scope.cancel()
 
 

@@ -48,7 +48,8 @@ class Dialer:
         self._busy = False
         self._closed = False
         self._idle_deadline = math.inf
-        self._moved = trio.Event()
+        self._wake = trio.Event()
+        self._sleeping_forever = False
         #: Connections made, for tests and statistics.
         self.dials = 0
 
@@ -63,15 +64,23 @@ class Dialer:
 
     async def run(self) -> None:
         """Close the connection once it has been idle for ``idle`` s. Run it in the
-        container's nursery; it sleeps until a deadline or until the deadline moves."""
+        container's nursery.
+
+        The idle deadline only ever moves later while this task sleeps towards it,
+        so a call never wakes it: it wakes at the deadline it knew, and sleeps on
+        if the deadline moved (about once per ``idle`` seconds under steady calls).
+        Only a deadline set while it sleeps without one wakes it.
+        """
         while True:
-            moved = self._moved = trio.Event()
-            with trio.move_on_at(self._idle_deadline) as scope:
-                await moved.wait()
-            if scope.cancelled_caught:
+            deadline = self._idle_deadline
+            self._sleeping_forever = deadline == math.inf
+            wake = self._wake = trio.Event()
+            with trio.move_on_at(deadline):
+                await wake.wait()
+            self._sleeping_forever = False
+            if not self._busy and trio.current_time() >= self._idle_deadline:
                 self._idle_deadline = math.inf
-                if not self._busy:
-                    await self._drop()
+                await self._drop()
 
     async def call(self, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> HotResponse:
         """Send one call; see the module's reconnect rule. Raises :class:`FnProtocolError`
@@ -83,7 +92,6 @@ class Dialer:
         request = list(headers)
         self._busy = True
         self._idle_deadline = math.inf
-        self._moved.set()
         ok = False
         try:
             conn = self._conn
@@ -121,7 +129,8 @@ class Dialer:
 
     def _park(self) -> None:
         self._idle_deadline = trio.current_time() + self.idle
-        self._moved.set()
+        if self._sleeping_forever:
+            self._wake.set()
 
     async def _open(self) -> HotConnection:
         try:
