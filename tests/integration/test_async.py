@@ -2,7 +2,8 @@
 survive a SIGKILL of the daemon, and two daemons share one PostgreSQL queue.
 
 Each execution is recorded outside Kiln: the function writes ``ran <call id>``
-to its stderr, which Docker keeps in the container's json-file log; the test
+to its stderr, which Docker keeps in the container's json-file log (``[logs]
+docker_driver = "json-file"``; Kiln's default keeps none); the test
 reads those logs through the Docker API (killing a dead daemon's orphaned
 containers first, so their logs are final).
 """
@@ -136,7 +137,11 @@ def test_sigkill_midway_loses_nothing(
         from tests.pgserver import fresh_database
 
         store = fresh_database()
-    sections: dict[str, Any] = {"async": {"store": store}, "limits": {"queue_wait": 5}}
+    sections: dict[str, Any] = {
+        "async": {"store": store},
+        "limits": {"queue_wait": 5},
+        "logs": {"docker_driver": "json-file"},
+    }
     first = start_daemon({"rec": recorder()}, **json.loads(json.dumps(sections)))
     ids = accept_all(first, 500)
     wait_completions([first], 250)
@@ -172,7 +177,11 @@ def test_two_hosts_share_one_postgres_queue(
     dsn = fresh_database()
 
     def sections() -> dict[str, Any]:
-        return {"async": {"store": dsn, "lease_margin": 2}, "limits": {"queue_wait": 2}}
+        return {
+            "async": {"store": dsn, "lease_margin": 2},
+            "limits": {"queue_wait": 2},
+            "logs": {"docker_driver": "json-file"},
+        }
 
     a = start_daemon({"rec": recorder()}, **sections())
     b = start_daemon({"rec": recorder()}, **sections())
