@@ -107,6 +107,15 @@ async def run_call(
             ),
             broken=f"function answered HTTP {response.status}",
         )
+    if outcome.verdict is Verdict.REJECTED:
+        return Outcome(
+            error=CallError(
+                f"function {spec.name!r} refused the request as sent (HTTP {response.status} "
+                "from its FDK): too many or too large headers, or a body it cannot take",
+                status=response.status,
+                code="request_rejected",
+            )
+        )
     if outcome.verdict is Verdict.FUNCTION_ERROR:
         return Outcome(
             error=FunctionFailed(

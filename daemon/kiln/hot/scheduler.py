@@ -285,9 +285,12 @@ class Scheduler:
         return [self._offer(slot, now)]
 
     def start_failed(self, seq: int, now: float | None = None) -> list[Decision]:
-        """The container could not start (or its life ended unexpectedly).
+        """The container could not start (its removal follows: tell :meth:`container_removed`).
 
-        With ``now``, it counts towards the restart backoff."""
+        With ``now``, it counts towards the restart backoff. Also told when a
+        started container's life ended unexpectedly; it is then simply retiring
+        (no decision: it is being removed already).
+        """
         slot = self._slots.get(seq)
         if slot is None or slot.phase is Phase.RETIRING:
             return []
@@ -311,7 +314,12 @@ class Scheduler:
             self.backoff.reset()  # it served a call: healthy
             self._warm_at = None
         reason = broken or slot.pending or ("function retired" if self.closed else None)
-        if reason is None and self.live > self.max_containers:
+        # live <= len(_slots): count only when a scale-down may have left surplus
+        if (
+            reason is None
+            and len(self._slots) > self.max_containers
+            and self.live > self.max_containers
+        ):
             reason = f"scaled down to max_containers = {self.max_containers}"
         if reason is not None:
             return [self._retire(slot, reason), *self._starts()]

@@ -263,11 +263,6 @@ class Supervisor:
 
     # ---- what it reports ---------------------------------------------------------
 
-    @property
-    def total(self) -> int:
-        """Live containers, retiring ones excluded (they are on their way out)."""
-        return self.scheduler.live
-
     def statistics(self) -> SupervisorStatistics:
         counts = dataclasses.asdict(self.scheduler.counts())
         held_until = counts.pop("restart_held_until")
