@@ -29,7 +29,6 @@ from kiln.calls.stdio import ExitInfo
 from kiln.calls.stdio import outcome as exit_outcome
 from kiln.containers.runtime import Box, ContainerRuntime
 from kiln.containers.spec import Identity, container_config
-from kiln.docker import DockerError
 from kiln.fncontract import container_env
 from kiln.functions.spec import FunctionSpec
 from kiln.hot.dialer import Dialer
@@ -302,7 +301,7 @@ class Launcher:
                 feed = output.feed
                 while (frames := await stream.receive()) is not None:
                     feed(frames)
-        except (CallError, DockerError) as e:
+        except CallError as e:
             if not started:
                 raise
             log.debug("fn=%s container %s: output stream ended: %s", self.spec.name, c.name, e)
