@@ -20,7 +20,7 @@ pytestmark = pytest.mark.docker
 
 IMAGES = {"python": "kiln-test/fn-python:latest", "node": "kiln-test/fn-node:latest"}
 FDKS = sorted(IMAGES)
-HANDLERS = ("hello", "created", "request_info", "fail")
+HANDLERS = ("hello", "created", "request_info", "fail", "crash")
 
 
 #: Each test handler: its Python FDK entry point and its Node FDK file.
@@ -29,6 +29,7 @@ ENTRY = {
     "created": ("created", "created.js"),
     "request_info": ("request_info", "request_info.js"),
     "fail": ("fail", "fail.js"),
+    "crash": ("crash", "crash.js"),
 }
 
 
@@ -142,6 +143,23 @@ def test_exception_is_502_and_the_container_is_kept(
     second = kiln.invoke(name, b"x")
     assert second.status_code == 502
     assert running(docker, kiln, name) == [cid]
+
+
+@pytest.mark.parametrize("fdk", FDKS)
+def test_crash_mid_call_names_the_exit_code_and_this_calls_output(
+    fdk: str, start_daemon: Callable[..., Daemon]
+) -> None:
+    kiln = start_daemon(functions(fdk))
+    name = f"{fdk}-crash"
+    assert kiln.invoke(name, b"fine").status_code == 200
+    r = kiln.invoke(name, b"crash")
+    assert r.status_code == 502, r.text
+    message = r.json()["error"]["message"]
+    assert message.startswith(f"function {name!r} exited with code 3 during the call"), message
+    assert "about to crash" in message
+    assert "earlier call" not in message
+    again = kiln.invoke(name, b"fine")  # a new container
+    assert again.status_code == 200, again.text
 
 
 @pytest.mark.parametrize("fdk", FDKS)
