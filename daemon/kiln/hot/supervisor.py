@@ -309,7 +309,9 @@ class Supervisor:
         cold = waited and first
         start = (c.ready_at - max(t0, c.created_at)) if cold else 0.0
         queue = (t_got - t0) - start
-        for attempt in range(MAX_REDISPATCH + 1):
+        # Each undelivered attempt retires its container, so this ends; allow one try
+        # per container: when dockerd comes back it may have killed them all at once.
+        for attempt in range(max(MAX_REDISPATCH, self.spec.max_containers) + 1):
             if attempt:
                 log.warning("fn=%s call %s: sent to another container", self.spec.name, call_id)
                 c, _, _ = await self._acquire()
