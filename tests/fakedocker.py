@@ -110,6 +110,20 @@ async def hot_slow(proc: Proc) -> int:
     return 0
 
 
+async def hot_picky(proc: Proc) -> int:
+    """An FDK whose HTTP server refuses requests with more than 8 headers (431)."""
+
+    async def handler(
+        headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        if len(headers) > 8:
+            return 431, [], b"Request Header Fields Too Large"
+        return 200, [], body
+
+    await proc.listen(handler)
+    return 0
+
+
 async def hot_500(proc: Proc) -> int:
     async def handler(
         headers: list[tuple[bytes, bytes]], body: bytes
@@ -219,6 +233,7 @@ DEFAULT_PROGRAMS: dict[str, Program] = {
     "hot_echo": hot_echo,
     "hot_slow": hot_slow,
     "hot_500": hot_500,
+    "hot_picky": hot_picky,
     "hot_big": hot_big,
     "hot_never_binds": hot_never_binds,
     "hot_crashes": hot_crashes,

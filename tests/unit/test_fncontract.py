@@ -273,7 +273,7 @@ def test_504_is_a_function_timeout() -> None:
 
 
 @pytest.mark.parametrize(
-    "status", [100, 101, 201, 204, 301, 304, 400, 404, 500, 501, 503, 505, 599]
+    "status", [100, 101, 201, 204, 301, 304, 401, 404, 500, 501, 503, 505, 599]
 )
 def test_any_other_status_breaks_the_container(status: int) -> None:
     outcome = interpret_response(status, [(b"fn-http-status", b"200")])
@@ -399,6 +399,11 @@ def test_directory_is_invalid(d: Path) -> None:
 def test_fifo_is_invalid(d: Path) -> None:
     os.mkfifo(d / "lsnr.sock")
     expect_invalid(d, "FIFO")
+
+
+@pytest.mark.parametrize("status", [400, 413, 414, 431])
+def test_a_request_the_fdk_refuses_is_the_callers_error(status: int) -> None:
+    assert interpret_response(status, []) == Outcome(Verdict.REJECTED, status, ())
 
 
 # ---- both directions, as the real FDKs speak ------------------------------------

@@ -27,7 +27,7 @@ containers live as ::
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +45,6 @@ from kiln.docker import (
     DockerNotFound,
     DockerTimeout,
     DockerUnreachable,
-    Frame,
 )
 from kiln.functions.spec import FunctionSpec
 
@@ -55,8 +54,6 @@ log = logging.getLogger("kiln.containers")
 CLEANUP_TIMEOUT = 30.0
 #: How long killing a container may take.
 KILL_TIMEOUT = 10.0
-#: How long fetching the tail of a container's log may take.
-LOG_TAIL_TIMEOUT = 5.0
 #: Retry-After (seconds) when Docker is down or not answering.
 DOCKER_RETRY_AFTER = 5.0
 
@@ -93,6 +90,18 @@ def docker_failures(spec: FunctionSpec) -> Iterator[None]:
         raise call_error(e, spec) from e
 
 
+def docker_log_config(driver: str) -> dict[str, Any]:
+    """``HostConfig.LogConfig`` for Kiln's containers (``[logs] docker_driver``).
+
+    Kiln reads containers' output itself (the attach stream, :mod:`kiln.logs`), so
+    by default dockerd keeps no copy (``none``: ``docker logs`` has nothing to
+    show). ``json-file`` or ``local`` keep a small one (1 MiB) for ``docker logs``,
+    at the cost of dockerd writing every line to disk."""
+    if driver == "none":
+        return {"Type": "none", "Config": {}}
+    return {"Type": driver, "Config": {"max-size": "1m", "max-file": "1"}}
+
+
 @dataclass(eq=False)
 class Box:
     """One container claimed for a function: its name always, its id once Docker gave it."""
@@ -111,9 +120,12 @@ class Box:
 class ContainerRuntime:
     """Creates, starts, kills and removes containers over one Docker client."""
 
-    def __init__(self, docker: DockerClient, *, janitor: Janitor | None = None) -> None:
+    def __init__(
+        self, docker: DockerClient, *, janitor: Janitor | None = None, log_driver: str = "none"
+    ) -> None:
         self.docker = docker
         self.janitor = janitor
+        self.log_config = docker_log_config(log_driver)
 
     @asynccontextmanager
     async def claim(self, spec: FunctionSpec, name: str) -> AsyncIterator[Box]:
@@ -126,6 +138,7 @@ class ContainerRuntime:
                 await self.remove(box)
 
     async def create(self, box: Box, config: Mapping[str, Any]) -> str:
+        config = {**config, "HostConfig": {**config["HostConfig"], "LogConfig": self.log_config}}
         box.create_sent = True
         with docker_failures(box.spec):
             try:
@@ -143,8 +156,8 @@ class ContainerRuntime:
 
     @asynccontextmanager
     async def attach(self, box: Box) -> AsyncIterator[AttachStream]:
-        """The container's stdio (attach before start). Stream errors stay Docker's:
-        wrap their use in :func:`docker_failures`."""
+        """The container's stdio (attach before start). A DockerError the stream
+        raises inside the block leaves it as the caller's :class:`CallError`."""
         with docker_failures(box.spec):
             async with self.docker.attach(box.ref) as stream:
                 yield stream
@@ -158,24 +171,6 @@ class ContainerRuntime:
         with docker_failures(box.spec):
             state = (await self.docker.inspect(box.ref)).get("State", {})
         return bool(state.get("OOMKilled"))
-
-    async def follow_logs(self, box: Box, on_frame: Callable[[Frame], None]) -> None:
-        """Hand each output frame to ``on_frame`` until the container exits or the
-        stream breaks (then it returns). Never raises."""
-        try:
-            await self.docker.follow_logs(box.ref, on_frame)
-        except DockerError as e:
-            log.debug("container %s of %s: log stream ended: %s", box.name, box.spec.name, e)
-
-    async def log_tail(self, box: Box, lines: int = 20) -> str | None:
-        """The last lines the container wrote, or None if Docker cannot say soon. Never raises."""
-        with trio.move_on_after(LOG_TAIL_TIMEOUT):
-            try:
-                out, err = await self.docker.logs(box.ref, tail=lines)
-            except DockerError:
-                return None
-            return (out + err).decode("utf-8", "replace").strip()[-2000:]
-        return None
 
     async def kill(self, box: Box) -> None:
         """Kill the container, shielded and bounded. Never raises (its removal follows)."""

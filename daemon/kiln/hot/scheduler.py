@@ -38,6 +38,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kiln.hot.backoff import RestartBackoff
+from kiln.hot.decisions import (
+    Decision,
+    Emptied,
+    Hand,
+    Park,
+    Refusal,
+    Refuse,
+    Retire,
+    Start,
+    WarmAt,
+)
 
 
 def containers_to_start(
@@ -67,77 +78,6 @@ class Phase(enum.Enum):
     IDLE = "idle"
     BUSY = "busy"
     RETIRING = "retiring"
-
-
-class Refusal(enum.Enum):
-    """Why a call gets no container."""
-
-    CLOSED = "closed"  # the function is being removed or replaced
-    QUEUE_FULL = "queue_full"  # queue_max calls already wait
-    RETIRED = "retired"  # it waited, then the function was retired
-    SHUTDOWN = "shutdown"  # it waited, then the supervisor stopped
-    START_FAILED = "start_failed"  # it waited for a container that failed to start
-
-
-# ---- decisions ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Start:
-    """Start container ``seq`` (reserve its memory, create, start, wait until ready)."""
-
-    seq: int
-
-
-@dataclass(frozen=True)
-class Hand:
-    """Give container ``seq`` to call ``waiter``; ``first`` if it never served a call."""
-
-    seq: int
-    waiter: int
-    first: bool
-
-
-@dataclass(frozen=True)
-class Park:
-    """Container ``seq`` is idle until ``deadline`` (then tell :meth:`Scheduler.idle_expired`)."""
-
-    seq: int
-    deadline: float
-
-
-@dataclass(frozen=True)
-class Retire:
-    """Stop and remove container ``seq`` (then tell :meth:`Scheduler.container_removed`)."""
-
-    seq: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class Refuse:
-    """Call ``waiter`` gets no container."""
-
-    waiter: int
-    why: Refusal
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class Emptied:
-    """The last container is gone."""
-
-
-@dataclass(frozen=True)
-class WarmAt:
-    """Starts kept for ``min_warm`` are held by the restart backoff until ``deadline``
-    (then tell :meth:`Scheduler.warm_due`)."""
-
-    deadline: float
-    failures: int
-
-
-Decision = Start | Hand | Park | Retire | Refuse | Emptied | WarmAt
 
 
 # ---- the state machine ----------------------------------------------------------
@@ -285,9 +225,12 @@ class Scheduler:
         return [self._offer(slot, now)]
 
     def start_failed(self, seq: int, now: float | None = None) -> list[Decision]:
-        """The container could not start (or its life ended unexpectedly).
+        """The container could not start (its removal follows: tell :meth:`container_removed`).
 
-        With ``now``, it counts towards the restart backoff."""
+        With ``now``, it counts towards the restart backoff. Also told when a
+        started container's life ended unexpectedly; it is then simply retiring
+        (no decision: it is being removed already).
+        """
         slot = self._slots.get(seq)
         if slot is None or slot.phase is Phase.RETIRING:
             return []
@@ -311,7 +254,12 @@ class Scheduler:
             self.backoff.reset()  # it served a call: healthy
             self._warm_at = None
         reason = broken or slot.pending or ("function retired" if self.closed else None)
-        if reason is None and self.live > self.max_containers:
+        # live <= len(_slots): count only when a scale-down may have left surplus
+        if (
+            reason is None
+            and len(self._slots) > self.max_containers
+            and self.live > self.max_containers
+        ):
             reason = f"scaled down to max_containers = {self.max_containers}"
         if reason is not None:
             return [self._retire(slot, reason), *self._starts()]
