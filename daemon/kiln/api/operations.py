@@ -23,7 +23,7 @@ from kiln.calls.errors import CallError
 from kiln.calls.lifecycle import Calls
 from kiln.config import Config, ConfigError, load
 from kiln.containers.janitor import Janitor
-from kiln.docker import DockerClient, DockerError
+from kiln.docker import Docker, DockerError
 from kiln.functions.policy import HostPolicy
 from kiln.functions.registry import FunctionRegistry
 from kiln.functions.spec import FunctionSpec
@@ -66,7 +66,7 @@ class Operations:
         calls: Calls,
         supervisors: Supervisors,
         memory: MemoryBudget,
-        docker: DockerClient,
+        docker: Docker,
         store: FunctionStore,
         capacity: int,
         on_drain: Callable[[], None],
@@ -147,7 +147,7 @@ class Operations:
         reachable = True
         try:
             with trio.move_on_after(2) as scope:
-                await self.docker.ping()
+                await self.docker.ping(timeout=2)
             reachable = not scope.cancelled_caught
         except DockerError:
             reachable = False
@@ -165,7 +165,7 @@ class Operations:
             "containers": by_state,
             "functions": len(self.registry),
             "calls_in_flight": self.calls.inflight,
-            "docker": {"socket": self.docker.socket_path, "reachable": reachable},
+            "docker": {"socket": self.docker.socket_path or self.docker.url, "reachable": reachable},
             "draining": self.calls.draining,
             "janitor_pending": self.janitor.pending if self.janitor else 0,
             "janitor": dataclasses.asdict(self.janitor.statistics()) if self.janitor else None,

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import trio
 
-from kiln.docker import DockerClient, DockerError
+from kiln.containers.removal import remove_container
+from kiln.docker import Docker, DockerError
 
 log = logging.getLogger("kiln.janitor")
 
@@ -30,7 +31,7 @@ class JanitorStatistics:
 
 
 class Janitor:
-    def __init__(self, docker: DockerClient) -> None:
+    def __init__(self, docker: Docker) -> None:
         self.docker = docker
         self._pending: dict[str, str] = {}  # container id → function
         self._wake = trio.Event()
@@ -71,7 +72,7 @@ class Janitor:
                 self._attempts_total += 1
                 try:
                     with trio.CancelScope(shield=True):
-                        await self.docker.remove(cid, force=True)
+                        await remove_container(self.docker, cid)
                 except DockerError as e:
                     log.warning("still cannot remove container %s of %s: %s", cid[:12], function, e)
                     failed = True

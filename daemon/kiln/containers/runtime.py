@@ -34,15 +34,17 @@ import trio
 
 from kiln.calls.errors import CallError, FunctionFailed, Unavailable
 from kiln.containers.janitor import Janitor
+from kiln.containers.removal import remove_container
 from kiln.docker import (
-    AttachStream,
+    Docker,
     DockerAPIError,
-    DockerClient,
+    DockerConflict,
     DockerError,
     DockerNotFound,
     DockerTimeout,
     DockerUnreachable,
-    Frame,
+    Message,
+    Stream,
 )
 from kiln.functions.spec import FunctionSpec
 
@@ -108,7 +110,7 @@ class Box:
 class ContainerRuntime:
     """Creates, starts, kills and removes containers over one Docker client."""
 
-    def __init__(self, docker: DockerClient, *, janitor: Janitor | None = None) -> None:
+    def __init__(self, docker: Docker, *, janitor: Janitor | None = None) -> None:
         self.docker = docker
         self.janitor = janitor
 
@@ -125,44 +127,55 @@ class ContainerRuntime:
     async def create(self, box: Box, config: Mapping[str, Any]) -> str:
         box.create_sent = True
         with docker_failures(box.spec):
-            box.id = await self.docker.create_container(config, name=box.name)
+            container = await self.docker.containers.create(config, name=box.name)
+        box.id = container.id
         return box.id
 
     async def start(self, box: Box) -> None:
         with docker_failures(box.spec):
-            await self.docker.start(box.ref)
+            await self.docker.containers.container(box.ref).start()
 
     @asynccontextmanager
-    async def attach(self, box: Box) -> AsyncIterator[AttachStream]:
+    async def attach(self, box: Box) -> AsyncIterator[Stream]:
         """The container's stdio (attach before start). Stream errors stay Docker's:
         wrap their use in :func:`docker_failures`."""
+        container = self.docker.containers.container(box.ref)
         with docker_failures(box.spec):
-            async with self.docker.attach(box.ref) as stream:
+            async with container.attach(stdin=True, stdout=True, stderr=True, tty=False) as stream:
                 yield stream
 
     async def wait(self, box: Box) -> int:
         """Block until the container stops; its exit code."""
         with docker_failures(box.spec):
-            return (await self.docker.wait(box.ref)).status_code
+            result = await self.docker.containers.container(box.ref).wait()
+        code = result.get("StatusCode")
+        if not isinstance(code, int):
+            raise call_error(DockerError(500, f"unreadable wait answer {result!r}"), box.spec)
+        return code
 
     async def oom_killed(self, box: Box) -> bool:
         with docker_failures(box.spec):
-            state = (await self.docker.inspect(box.ref)).get("State", {})
+            state = (await self.docker.containers.container(box.ref).show()).get("State", {})
         return bool(state.get("OOMKilled"))
 
-    async def follow_logs(self, box: Box, on_frame: Callable[[Frame], None]) -> None:
+    async def follow_logs(self, box: Box, on_frame: Callable[[Message], None]) -> None:
         """Hand each output frame to ``on_frame`` until the container exits or the
         stream breaks (then it returns). Never raises."""
+        container = self.docker.containers.container(box.ref)
         try:
-            await self.docker.follow_logs(box.ref, on_frame)
+            async for message in container.log_messages(follow=True):
+                on_frame(message)
         except DockerError as e:
             log.debug("container %s of %s: log stream ended: %s", box.name, box.spec.name, e)
 
     async def log_tail(self, box: Box, lines: int = 20) -> str | None:
         """The last lines the container wrote, or None if Docker cannot say soon. Never raises."""
         with trio.move_on_after(LOG_TAIL_TIMEOUT):
+            out, err = bytearray(), bytearray()
             try:
-                out, err = await self.docker.logs(box.ref, tail=lines)
+                container = self.docker.containers.container(box.ref)
+                async for message in container.log_messages(tail=lines):
+                    (out if message.stream == 1 else err).extend(message.data)
             except DockerError:
                 return None
             return (out + err).decode("utf-8", "replace").strip()[-2000:]
@@ -174,7 +187,11 @@ class ContainerRuntime:
             return
         with trio.CancelScope(shield=True), trio.move_on_after(KILL_TIMEOUT):
             try:
-                await self.docker.kill(box.ref)
+                await self.docker.containers.container(box.ref).kill(
+                    signal="KILL", timeout=KILL_TIMEOUT
+                )
+            except (DockerNotFound, DockerConflict):
+                pass  # already stopped or gone
             except DockerError as e:
                 log.warning("could not kill container %s of %s: %s", box.name, box.spec.name, e)
 
@@ -189,7 +206,7 @@ class ContainerRuntime:
             removed = False
             with trio.move_on_after(CLEANUP_TIMEOUT):
                 try:
-                    await self.docker.remove(ref, force=True)
+                    await remove_container(self.docker, ref, http_timeout=CLEANUP_TIMEOUT)
                     removed = True
                 except DockerError as e:
                     log.error("could not remove container %s of %s: %s", ref[:12], function, e)

@@ -104,8 +104,9 @@ class Docker:
     """A Docker Engine client, aiodocker's API on anyio. Make it anywhere (no I/O);
     end it with ``await docker.close()`` (or use ``async with``).
 
-    ``connector`` (a :class:`Transport`) replaces both connection pools — the seam for
-    a fake engine; ``connect`` opens the events listener's connections.
+    ``network_backend`` (httpcore's) opens the connections of both pools — the seam
+    for a fake engine; ``connector`` (a :class:`Transport`) replaces both pools;
+    ``connect`` opens the events listener's connections.
     """
 
     def __init__(
@@ -122,12 +123,17 @@ class Docker:
         limiter: Limiter | None = None,
         observer: Observer | None = None,
         connect: Connector | None = None,
+        network_backend: httpcore.AsyncNetworkBackend | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self._endpoint: Endpoint = resolve(
             url, context, os.environ if env is None else env, ssl_context=ssl_context
         )
         self.docker_host: str = self._endpoint.docker_host
+        #: Where the engine is, in full (``docker_host`` says only "unix://localhost").
+        self.url = f"unix://{self._endpoint.uds}" if self._endpoint.uds else self._endpoint.base_url
+        #: The engine's unix socket, if that is how it is reached.
+        self.socket_path: str | None = self._endpoint.uds
         self.api_version = api_version
         self.timeout = timeout
         self._pool_size = pool_size
@@ -148,6 +154,7 @@ class Docker:
                 max_connections=pool_size,
                 max_keepalive_connections=pool_size,
                 uds=self._endpoint.uds,
+                network_backend=network_backend,
             )
         )
         self._long: Transport = connector or httpcore.AsyncConnectionPool(
@@ -155,6 +162,7 @@ class Docker:
             max_connections=None,
             max_keepalive_connections=0,
             uds=self._endpoint.uds,
+            network_backend=network_backend,
         )
         self._connect: Connector = connect or (lambda: connect_endpoint(self._endpoint))
         self.containers = DockerContainers(self)
@@ -186,9 +194,13 @@ class Docker:
         data = await self._query_json("version", operation="version")
         return dict(data)
 
-    async def _ping(self) -> str:
-        response = await self._query("_ping", operation="ping")
+    async def _ping(self, timeout: float | object | None = ...) -> str:
+        response = await self._query("_ping", operation="ping", timeout=timeout)
         return response.text
+
+    async def ping(self, timeout: float | object | None = ...) -> str:
+        """``GET /_ping`` (Kiln's addition; aiodocker has only ``_ping``)."""
+        return await self._ping(timeout)
 
     # ---- the request path ------------------------------------------------
 

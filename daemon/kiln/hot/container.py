@@ -267,7 +267,7 @@ class Launcher:
                 task_status.started()
                 started = True
                 feed = output.feed
-                while (frames := await stream.receive()) is not None:
+                while (frames := await stream.read_batch()) is not None:
                     feed(frames)
         except (CallError, DockerError) as e:
             if not started:
