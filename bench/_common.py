@@ -18,6 +18,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 BUSYBOX = "kiln-test/busybox:latest"
 PYTHON = "kiln-test/python:latest"
+FN_PYTHON = "kiln-test/fn-python:latest"
+FN_NODE = "kiln-test/fn-node:latest"
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -120,7 +122,13 @@ class KeepAliveClient:
         self.stream: Any = None
         self.conn: Any = None
 
-    async def request(self, path: str, body: bytes) -> tuple[int, bytes]:
+    async def request(
+        self,
+        path: str,
+        body: bytes,
+        headers: Sequence[tuple[str, str]] = (),
+        method: str = "POST",
+    ) -> tuple[int, bytes]:
         import h11
         import trio
 
@@ -130,9 +138,9 @@ class KeepAliveClient:
         conn = self.conn
         data = conn.send(
             h11.Request(
-                method="POST",
+                method=method,
                 target=path,
-                headers=[("Host", self.host), ("Content-Length", str(len(body)))],
+                headers=[("Host", self.host), ("Content-Length", str(len(body))), *headers],
             )
         )
         data += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())

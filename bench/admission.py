@@ -4,8 +4,8 @@
 
 Measures (1) the process CPU time burnt while all waiters sit queued for 5 s —
 should be ≈ 0, since waiting is an event, not a sleep loop — and (2) the time
-to drain them all once memory frees. The baseline, in the same run, is the
-old runner's way: each waiter re-checks memory in a 1 µs sleep loop (here
+to drain them all once memory frees. The baseline, in the same run, is a
+busy-wait: each waiter re-checks memory in a 1 µs sleep loop (here
 bounded to the same 5 s and a smaller crowd, or it would never finish).
 """
 
@@ -59,7 +59,7 @@ async def kiln_pool(n: int, hold: float) -> tuple[float, float]:
 
 
 async def spinning_pool(n: int, hold: float) -> float:
-    """The old runner: `for !enoughMemory() { time.Sleep(time.Microsecond) }`."""
+    """The baseline: a busy-wait, `for !enoughMemory() { time.Sleep(time.Microsecond) }`."""
     free = 0
     proc = psutil.Process()
     stop = trio.Event()

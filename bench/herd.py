@@ -5,7 +5,7 @@ function), with a memory limit that fits 50 containers.
 
 Prints completion times, containers created, peak creates/s seen by Docker
 (from Docker's own event stream), 503s, and Kiln's RSS. The baseline printed
-beside it is what the old runner would have asked of Docker: one container
+beside it is what a runner with no herd control would ask of Docker: one container
 create per call, all at once.
 """
 
@@ -121,7 +121,7 @@ def main() -> None:
         f"  containers created: {len(creates)} (Kiln's count: {kiln_creates:.0f})   peak creates/s seen by Docker: {max(per_second.values(), default=0)}"
     )
     print(
-        f"  baseline (old runner, a create per call, all at once): {args.functions} creates at t=0"
+        f"  baseline (no herd control, a create per call, all at once): {args.functions} creates at t=0"
     )
     print(f"  kiln RSS after: {rss / 2**20:.0f} MiB")
 

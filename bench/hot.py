@@ -4,7 +4,11 @@ container's Unix socket and (b) through Kiln's POST /invoke, in one run.
     python bench/hot.py [--seconds 5]
 
 Prints p50/p99 latency at 1 client and calls/s at 1, 8 and 64 concurrent
-clients, with the Kiln/direct ratio.
+clients, with the Kiln/direct ratio. Then the same for the Fn project's own
+FDKs (``kiln-test/fn-python``: fdk-python, ``kiln-test/fn-node``: the Node FDK,
+each running Fn's hello-world function) beside Kiln's FDK: p50/p99 at one
+client through Kiln and direct to a container of the same image, and Kiln's
+CPU per call from its own process counters.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from urllib.parse import urlparse
 import psutil
 import trio
 
-from _common import PYTHON, KeepAliveClient, kiln_daemon, percentile
+from _common import FN_NODE, FN_PYTHON, PYTHON, KeepAliveClient, kiln_daemon, percentile
 from kiln.docker import Docker
 from kiln.fncontract import call_request_headers, container_env
 from kiln.hot.httpstream import FnConnection
@@ -53,23 +57,33 @@ async def run_clients(
     return done, latencies
 
 
-async def direct_container(tmp: Path) -> tuple[Docker, str, Path]:
+#: The FDK table's functions: (image, cmd, body). Each one's answer is 200.
+FDKS: dict[str, tuple[str, list[str], bytes]] = {
+    "kiln fdk": (PYTHON, ["python3", "/fn/echo_fdk.py"], BODY),
+    "fdk-python": (FN_PYTHON, ["handler"], b'{"name": "Kiln"}'),
+    "node fdk": (FN_NODE, ["func.js"], b'{"name": "Kiln"}'),
+}
+
+
+async def direct_container(
+    tmp: Path, image: str = PYTHON, cmd: list[str] | None = None
+) -> tuple[Docker, str, Path]:
     docker = Docker(api_version="v1.41")
     iofs = tmp / "iofs"
     iofs.mkdir()
     iofs.chmod(0o777)
     container = await docker.containers.create(
         {
-            "Image": PYTHON,
-            "Cmd": ["python3", "/fn/echo_fdk.py"],
+            "Image": image,
+            "Cmd": cmd or ["python3", "/fn/echo_fdk.py"],
             "Env": [f"{k}={v}" for k, v in container_env("echo", 64 << 20, {}).items()],
             "HostConfig": {
                 "Binds": [f"{iofs}:/tmp/iofs"],
                 "Init": True,
                 "ReadonlyRootfs": True,
                 "Tmpfs": {"/tmp": "rw"},
-                "Memory": 64 << 20,
-                "MemorySwap": 64 << 20,
+                "Memory": 128 << 20,
+                "MemorySwap": 128 << 20,
                 "CapDrop": ["ALL"],
                 "NetworkMode": "none",
             },
@@ -137,10 +151,108 @@ async def measure_kiln(url: str, seconds: float) -> dict[str, float]:
     return await series(make_kiln, seconds)
 
 
+async def measure_fdk(
+    url: str, pid: int, run_dir: Path, daemon_id: str, label: str, seconds: float
+) -> dict[str, float]:
+    """One FDK: calls straight to the listener of Kiln's own container of it and calls
+    through Kiln, alternated one by one so both see the same machine load; Kiln's CPU
+    per call over the same window."""
+    body = FDKS[label][2]
+    u = urlparse(url)
+    client = KeepAliveClient(u.hostname or "", u.port or 0)
+    path = f"/invoke/{fdk_name(label)}"
+    daemon = psutil.Process(pid)
+    status, answer = await client.request(path, body)  # starts the container
+    assert status == 200, (status, answer[:200])
+    pattern = f"iofs/*/kiln-{daemon_id}-{fdk_name(label)}-*/lsnr.sock"
+    (sock,) = await trio.to_thread.run_sync(lambda: list(run_dir.glob(pattern)))
+    conn = await FnConnection.open(sock)
+    direct: list[float] = []
+    kiln: list[float] = []
+
+    async def one_each() -> None:
+        t0 = time.perf_counter()
+        r = await conn.call(call_request_headers("bench", time.time() + 30, []), body)
+        t1 = time.perf_counter()
+        status, answer = await client.request(path, body)
+        t2 = time.perf_counter()
+        assert r.status == 200 and status == 200, (r.status, status, answer[:200])
+        direct.append(t1 - t0)
+        kiln.append(t2 - t1)
+
+    deadline = trio.current_time() + 0.5
+    while trio.current_time() < deadline:  # warm-up
+        await one_each()
+    direct.clear()
+    kiln.clear()
+    cpu0 = daemon.cpu_times()
+    deadline = trio.current_time() + seconds
+    while trio.current_time() < deadline:
+        await one_each()
+    cpu1 = daemon.cpu_times()
+    await conn.aclose()
+    cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    return {
+        "direct_p50": percentile(direct, 50) * 1000,
+        "direct_p99": percentile(direct, 99) * 1000,
+        "kiln_p50": percentile(kiln, 50) * 1000,
+        "kiln_p99": percentile(kiln, 99) * 1000,
+        "cpu_us": cpu / len(kiln) * 1e6,
+        "calls": len(kiln),
+    }
+
+
+def fdk_name(label: str) -> str:
+    return label.replace(" ", "-")
+
+
+def fdk_table(seconds: float) -> None:
+    """Kiln's FDK, fdk-python and the Node FDK: through Kiln and direct, in one run."""
+    fns = {
+        fdk_name(label): {
+            "image": image,
+            "cmd": cmd,
+            "format": "http-stream",
+            "memory": "128MiB",
+            "max_containers": 1,
+            "idle_timeout": 600,
+        }
+        for label, (image, cmd, _body) in FDKS.items()
+    }
+    results: dict[str, dict[str, float]] = {}
+    with (
+        tempfile.TemporaryDirectory() as run_dir,
+        kiln_daemon(fns, daemon={"run_dir": run_dir}) as (url, proc, daemon_id),
+    ):
+        for label in FDKS:
+            results[label] = trio.run(
+                measure_fdk, url, proc.pid, Path(run_dir), daemon_id, label, seconds
+            )
+    print()
+    print(
+        f"hot calls per FDK, 1 client, {seconds:g} s each, direct and through Kiln "
+        "alternated call by call, direct = to the same container's socket "
+        "(Fn's hello world; Kiln's FDK: echo)"
+    )
+    print(
+        f"{'':12}{'direct p50':>11}{'p99':>7}{'kiln p50':>10}{'p99':>7}"
+        f"{'added p50':>11}{'kiln CPU/call':>15}"
+    )
+    for label, r in results.items():
+        print(
+            f"{label:12}{r['direct_p50']:11.2f}{r['direct_p99']:7.2f}{r['kiln_p50']:10.2f}"
+            f"{r['kiln_p99']:7.2f}{r['kiln_p50'] - r['direct_p50']:11.2f}{r['cpu_us']:12.0f} µs"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--fdks-only", action="store_true", help="only the per-FDK table")
     args = parser.parse_args()
+    if args.fdks_only:
+        fdk_table(args.seconds)
+        return
     results = trio.run(measure, args.seconds)
     fns = {
         "echo": {
@@ -171,6 +283,7 @@ def main() -> None:
         f"{'kiln/dir':10}{k['p50'] / d['p50']:8.2f}x{k['p99'] / d['p99']:8.2f}x"
         f"{k['c1'] / d['c1']:8.2f}x{k['c8'] / d['c8']:8.2f}x{k['c64'] / d['c64']:8.2f}x"
     )
+    fdk_table(args.seconds)
 
 
 if __name__ == "__main__":

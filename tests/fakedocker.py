@@ -14,6 +14,8 @@ Faults on cue:
   kill, remove, inspect, list, version, wait, attach.
 * ``fake.fail[op] = (status, message)`` — Docker answers with that error.
 * ``fake.unreachable = True`` — connections are refused from now on.
+* ``fake.down()`` / ``fake.up()`` — dockerd goes away (containers keep running,
+  long streams break) and comes back.
 * ``fake.kill_container(cid)`` — the container dies now (exit 137).
 
 Everything runs on Trio's clock, so ``MockClock`` drives stalls and programs.
@@ -37,7 +39,14 @@ import trio
 import trio.testing
 
 from kiln.docker.frames import STDERR, STDOUT, encode_frame
-from kiln.hot.httpstream import MAX_RESPONSE, FnProtocolError, FnResponse, ResponseTooLarge
+from kiln.hot.httpstream import (
+    MAX_RESPONSE,
+    FnProtocolError,
+    FnResponse,
+    RequestNotSent,
+    ResponseTooLarge,
+)
+from kiln.hot.transport import HotConnection
 
 
 class Proc:
@@ -103,6 +112,20 @@ async def hot_slow(proc: Proc) -> int:
     return 0
 
 
+async def hot_picky(proc: Proc) -> int:
+    """An FDK whose HTTP server refuses requests with more than 8 headers (431)."""
+
+    async def handler(
+        headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        if len(headers) > 8:
+            return 431, [], b"Request Header Fields Too Large"
+        return 200, [], body
+
+    await proc.listen(handler)
+    return 0
+
+
 async def hot_500(proc: Proc) -> int:
     async def handler(
         headers: list[tuple[bytes, bytes]], body: bytes
@@ -123,6 +146,29 @@ async def hot_big(proc: Proc) -> int:
 
     await proc.listen(handler)
     return 0
+
+
+async def hot_crashes(proc: Proc) -> int:
+    """Serves calls (logging a line each); a call with body ``crash`` makes it print a
+    traceback and exit with code 1 before answering."""
+    crash = trio.Event()
+
+    async def handler(
+        headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        if body == b"crash":
+            await trio.sleep(0.5)
+            await proc.err(b"Traceback (most recent call last):\nValueError: boom\n")
+            crash.set()
+            await trio.sleep_forever()
+        await proc.err(b"Traceback of an earlier call: KeyError\n")
+        return 200, [], body
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(proc.listen, handler)
+        await crash.wait()
+        nursery.cancel_scope.cancel()
+    return 1
 
 
 async def hot_never_binds(proc: Proc) -> int:
@@ -189,8 +235,10 @@ DEFAULT_PROGRAMS: dict[str, Program] = {
     "hot_echo": hot_echo,
     "hot_slow": hot_slow,
     "hot_500": hot_500,
+    "hot_picky": hot_picky,
     "hot_big": hot_big,
     "hot_never_binds": hot_never_binds,
+    "hot_crashes": hot_crashes,
     "hot_exits": hot_exits,
 }
 
@@ -209,6 +257,8 @@ class FakeContainer:
     scope: trio.CancelScope | None = None
     handler: HotHandler | None = None
     listening: trio.Event = field(default_factory=trio.Event)
+    #: The listener stops accepting connections (the function's server died, the process lives).
+    refuse_connect: bool = False
 
     def __post_init__(self) -> None:
         self.stdin_send, self.stdin_recv = trio.open_memory_channel[bytes](64)
@@ -242,6 +292,7 @@ class FakeDocker:
         self._ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         self._long_streams: set[trio.abc.HalfCloseableStream] = set()
+        self._server_of: dict[int, trio.abc.HalfCloseableStream] = {}
         self.backend = FakeNetworkBackend(self)
 
     @asynccontextmanager
@@ -281,6 +332,18 @@ class FakeDocker:
         for stream in list(self._long_streams):
             assert self._nursery is not None
             self._nursery.start_soon(trio.aclose_forcefully, stream)
+
+    def down(self) -> None:
+        """dockerd dies but containerd keeps its containers running: Docker's
+        connections drop and new ones are refused; hot containers still answer."""
+        self.unreachable = True
+        for stream in list(self._long_streams):
+            assert self._nursery is not None
+            self._nursery.start_soon(trio.aclose_forcefully, stream)
+
+    def up(self) -> None:
+        """dockerd is back (its containers as they were)."""
+        self.unreachable = False
 
     def kill_container(self, cid: str, code: int = 137) -> None:
         c = self.containers[cid]
@@ -453,8 +516,16 @@ class FakeDocker:
             raise ConnectionRefusedError(111, "Connection refused")
         client, server = trio.testing.memory_stream_pair()
         assert self._nursery is not None
+        self._long_streams.add(server)
+        self._server_of[id(client)] = server
         self._nursery.start_soon(self._serve, server)
         return client
+
+    def server_gone(self, client: trio.abc.HalfCloseableStream) -> bool:
+        """Whether the engine's end of this connection is closed (what a real socket
+        shows as readable-while-idle)."""
+        server = self._server_of.get(id(client))
+        return server is None or server not in self._long_streams
 
     async def _serve(self, stream: trio.abc.HalfCloseableStream) -> None:
         """One client connection: short calls kept alive, a long call to its end."""
@@ -483,8 +554,8 @@ class FakeDocker:
                 assert request is not None
                 target = request.target.decode()
                 path = re.sub(r"^/v[0-9.]+", "", target.split("?")[0])
-                m = re.match(r"^/containers/([^/]+)/(wait|attach)$", path)
-                if m:
+                m = re.match(r"^/containers/([^/]+)/(wait|attach|logs)$", path)
+                if m and (m.group(2) != "logs" or "follow=1" in target):
                     await self._long(stream, conn, *m.groups())
                     return
                 try:
@@ -514,6 +585,9 @@ class FakeDocker:
             pass
         finally:
             self._long_streams.discard(stream)
+            for key, server in list(self._server_of.items()):
+                if server is stream:
+                    del self._server_of[key]
             await trio.aclose_forcefully(stream)
 
     async def _long(
@@ -543,6 +617,9 @@ class FakeDocker:
                 + conn.send(h11.EndOfMessage())
             )
             return
+        if op == "logs":
+            await self._follow_logs(stream, c)
+            return
         await self._attach(stream, conn, c)
 
     async def _long_error(
@@ -556,6 +633,18 @@ class FakeDocker:
             + conn.send(h11.Data(data=body))
             + conn.send(h11.EndOfMessage())
         )
+
+    async def _follow_logs(self, stream: trio.abc.HalfCloseableStream, c: FakeContainer) -> None:
+        """``logs?follow=1``: the frames the container writes from now on, until it exits
+        (the body ends with the connection)."""
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.multiplexed-stream\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        if c.state == "exited":
+            return
+        c.attach_streams.append(stream)
+        await c.exited.wait()
 
     async def _attach(
         self, stream: trio.abc.HalfCloseableStream, conn: h11.Connection, c: FakeContainer
@@ -614,6 +703,9 @@ class FakeConnection:
             raise ResponseTooLarge(self.max_response)
         return FnResponse(status, resp_headers, resp_body)
 
+    def stale(self) -> bool:
+        return False
+
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()
 
@@ -621,8 +713,9 @@ class FakeConnection:
 class FakeTransport:
     """The pool's listener seam for the fake engine: ready when the program listens."""
 
-    def __init__(self, fake: FakeDocker) -> None:
+    def __init__(self, fake: FakeDocker, *, connection_idle: float = 1.0) -> None:
         self.fake = fake
+        self.connection_idle = connection_idle
 
     def _container_for(self, iofs: Path) -> FakeContainer:
         for c in self.fake.containers.values():
@@ -638,8 +731,10 @@ class FakeTransport:
 
     async def connect(
         self, socket_path: Path, *, max_response: int = MAX_RESPONSE
-    ) -> FakeConnection:
+    ) -> HotConnection:
         await trio.lowlevel.checkpoint()
+        if self.fake.containers[socket_path.name].refuse_connect:
+            raise RequestNotSent(f"cannot connect to {socket_path}: Connection refused")
         return FakeConnection(self.fake.containers[socket_path.name], max_response)
 
 
@@ -657,8 +752,9 @@ class _HalfClose:
 class FakeNetworkStream(httpcore.AsyncNetworkStream):
     """The client's end of an in-memory connection, as httpcore reads and writes it."""
 
-    def __init__(self, stream: trio.StapledStream[Any, Any]) -> None:
+    def __init__(self, stream: trio.StapledStream[Any, Any], fake: FakeDocker) -> None:
         self._stream = stream
+        self._fake = fake
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         try:
@@ -686,6 +782,8 @@ class FakeNetworkStream(httpcore.AsyncNetworkStream):
     def get_extra_info(self, info: str) -> Any:
         if info == "socket":
             return _HalfClose(self._stream.send_stream)
+        if info == "is_readable":
+            return self._fake.server_gone(self._stream)
         return None
 
 
@@ -701,7 +799,7 @@ class FakeNetworkBackend(httpcore.AsyncNetworkBackend):
         except OSError as e:
             raise httpcore.ConnectError(str(e)) from e
         assert isinstance(stream, trio.StapledStream)
-        return FakeNetworkStream(stream)
+        return FakeNetworkStream(stream, self._fake)
 
     async def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Any = None

@@ -88,6 +88,8 @@ def request(
     *,
     json_body: Any = None,
     content: bytes | None = None,
+    headers: list[tuple[str, str]] | None = None,
+    check: bool = True,
 ) -> Any:
     import httpx
 
@@ -96,12 +98,14 @@ def request(
         with httpx.Client(
             transport=httpx.HTTPTransport(uds=sock), base_url="http://kiln", timeout=None
         ) as client:
-            response = client.request(method, path, json=json_body, content=content)
+            response = client.request(
+                method, path, json=json_body, content=content, headers=headers
+            )
     except (httpx.ConnectError, FileNotFoundError, PermissionError) as e:
         raise CliError(f"cannot reach kiln at {sock}: is the service running? ({e})") from e
     except httpx.HTTPError as e:
         raise CliError(f"talking to kiln at {sock}: {e}") from e
-    if response.status_code >= 400:
+    if check and response.status_code >= 400:
         try:
             err = response.json()["error"]
             raise CliError(f"{err['message']} ({err['code']}, HTTP {response.status_code})")
@@ -135,10 +139,91 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"functions  {s['functions']}",
             f"containers {containers}",
             f"docker     {s['docker']['socket']} ({'reachable' if s['docker']['reachable'] else 'UNREACHABLE'})",
+            *async_status(s.get("async")),
         ]
     )
     emit(args, s, human)
     return 0
+
+
+def async_status(a: dict[str, Any] | None) -> list[str]:
+    if not a:
+        return []
+    age = a.get("oldest_due_age")
+    behind = f", oldest due waiting {age:.1f} s" if age else ""
+    return [
+        f"async      {a['queued']} queued, {a['running']} running ({a['store']}, host {a['host']}"
+        f"{behind}); here: {a['accepted']} accepted, {a['succeeded']} succeeded, "
+        f"{a['failed']} failed, {a['retried']} retried"
+    ]
+
+
+def cmd_calls(args: argparse.Namespace) -> int:
+    from urllib.parse import urlencode
+
+    query = {"limit": str(args.limit)}
+    if args.function:
+        query["function"] = args.function
+    if args.state:
+        query["state"] = args.state
+    data = request(args, "GET", f"/calls?{urlencode(query)}").json()
+    rows = [
+        {
+            "id": c["id"],
+            "function": c["function"],
+            "state": c["state"],
+            "attempts": c["attempts"],
+            "status": c.get("status", ""),
+            "created": _when(c["created"]),
+            "host": c.get("host") or "",
+        }
+        for c in data["calls"]
+    ]
+    emit(
+        args,
+        data,
+        table(rows, ["id", "function", "state", "attempts", "status", "created", "host"]),
+    )
+    return 0
+
+
+def _when(epoch: float | None) -> str:
+    import datetime
+
+    if epoch is None:
+        return ""
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    import base64
+
+    path = f"/calls/{args.id}"
+    while True:
+        # With --wait the daemon holds each request until the call finishes (or a
+        # minute passes), so this loop turns once a minute at most.
+        c = request(args, "GET", f"{path}?wait=60" if args.wait else path).json()
+        if not args.wait or c["state"] in ("succeeded", "failed", "cancelled"):
+            break
+    if args.json:
+        print(json.dumps(c, indent=2))
+    else:
+        lines = [
+            f"{c['id']}  {c['function']}  {c['state']}  attempts {c['attempts']}",
+            f"created {_when(c['created'])}  started {_when(c['started'])}  "
+            f"finished {_when(c['finished'])}  host {c.get('host') or '-'}",
+        ]
+        if c.get("error"):
+            lines.append(f"error: {c['error']}")
+        print("\n".join(lines), file=sys.stderr if args.wait else sys.stdout)
+        result = c.get("result")
+        if args.wait and result is not None:
+            if "body_base64" in result:
+                sys.stdout.buffer.write(base64.b64decode(result["body_base64"]))
+            else:
+                sys.stdout.write(result["body"])
+            sys.stdout.flush()
+    return 0 if c["state"] != "failed" else 1
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -160,7 +245,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     info = request(args, "GET", f"/functions/{args.name}").json()
     spec = info["spec"]
     lines = [f"{info['name']}  ({info['source']})"]
-    lines += [f"  {k:15} {v}" for k, v in sorted(spec.items())]
+    for k, v in sorted(spec.items()):
+        if k == "memory":
+            v = format_size(v)
+        if k == "env":
+            lines.append(f"  {k:15} {'' if v else '(none)'}".rstrip())
+            lines += [f"    {name}={value}" for name, value in sorted(v.items())]
+        else:
+            lines.append(f"  {k:15} {v}")
     lines.append("containers:")
     rows = [
         {
@@ -222,6 +314,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     for name, spec in read_deploy_file(args.file).items():
         response = request(args, "PUT", f"/functions/{name}", json_body=spec)
         results.append(response.json())
+        for warning in response.json().get("warnings", []):
+            print(f"kiln: warning: {warning}", file=sys.stderr)
         if not args.json:
             print(f"{'created' if response.status_code == 201 else 'updated'} {name}")
     if args.json:
@@ -252,12 +346,35 @@ def cmd_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_header(text: str) -> tuple[str, str]:
+    """``-H 'Name: value'`` → (name, value), as curl reads it."""
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip() or name != name.strip():
+        raise CliError(f"-H {text!r}: give a header as 'Name: value'")
+    return name, value.strip()
+
+
 def cmd_invoke(args: argparse.Namespace) -> int:
     body = b"" if sys.stdin.isatty() else sys.stdin.buffer.read()
-    response = request(args, "POST", f"/functions/{args.name}/invoke", content=body)
-    sys.stdout.buffer.write(response.content)
+    headers = [parse_header(h) for h in args.header]
+    if args.content_type:
+        headers.append(("Content-Type", args.content_type))
+    response = request(
+        args,
+        "POST",
+        f"/functions/{args.name}/invoke",
+        content=body,
+        headers=headers,
+        check=not args.include,
+    )
+    out = sys.stdout.buffer
+    if args.include:  # like curl -i: the status line and headers, then the body
+        head = [f"HTTP/1.1 {response.status_code} {response.reason_phrase}"]
+        head += [f"{k}: {v}" for k, v in response.headers.items()]
+        out.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1", "replace"))
+    out.write(response.content)
     sys.stdout.flush()
-    return 0
+    return 1 if response.status_code >= 400 else 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -368,12 +485,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="validate the config and exit")
     p.set_defaults(func=cmd_daemon)
 
+    socket_help = f"control socket (default $KILN_SOCKET or {DEFAULT_SOCKET})"
+    # The client's options go before or after the subcommand: `kiln -s X ls` or `kiln ls -s X`.
+    parser.add_argument("--socket", "-s", help=socket_help)
+    parser.add_argument("--json", action="store_true", help="JSON output for scripts")
+
     def client(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
+        p.add_argument("--socket", "-s", default=argparse.SUPPRESS, help=socket_help)
         p.add_argument(
-            "--socket", "-s", help=f"control socket (default $KILN_SOCKET or {DEFAULT_SOCKET})"
+            "--json", action="store_true", default=argparse.SUPPRESS, help="JSON output for scripts"
         )
-        p.add_argument("--json", action="store_true", help="JSON output for scripts")
         return p
 
     client("status", "daemon status").set_defaults(func=cmd_status)
@@ -394,7 +516,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_scale)
     p = client("invoke", "invoke a function (body from stdin, answer to stdout)")
     p.add_argument("name")
+    p.add_argument(
+        "-H", "--header", action="append", default=[], help="a request header 'Name: value'"
+    )
+    p.add_argument("--content-type", help="the body's Content-Type")
+    p.add_argument(
+        "-i", "--include", action="store_true", help="show the status, headers and call id"
+    )
     p.set_defaults(func=cmd_invoke)
+    p = client("calls", "async calls, newest first")
+    p.add_argument("--function", help="only this function's")
+    p.add_argument(
+        "--state", choices=["queued", "running", "succeeded", "failed", "cancelled"]
+    )
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_calls)
+    p = client("call", "one async call (--wait: until done, then print its result)")
+    p.add_argument("id")
+    p.add_argument("--wait", action="store_true", help="wait until it is done; print the result")
+    p.set_defaults(func=cmd_call)
     p = client("logs", "a function's log lines (like docker logs)")
     p.add_argument("name")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")

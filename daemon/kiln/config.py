@@ -62,6 +62,8 @@ class DaemonConfig:
     max_connections: int = 0
     auth: str = "none"  # "none" | "token": bearer tokens for the invoke API
     allow_unauthenticated: bool = False  # listen beyond loopback without auth
+    #: Seconds a connection to a hot container may sit idle before Kiln closes it (as Fn).
+    hot_connection_idle: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,9 @@ class AsyncConfig:
     retention: float = 24 * 3600.0
     #: This host's name in the store ("" = "<hostname>/<daemon id>").
     host: str = ""
+    #: A claimed call's lease covers its longest possible run plus this (seconds):
+    #: slack for clock skew between hosts. Another host takes it over after that.
+    lease_margin: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -182,6 +187,9 @@ def _daemon(t: Table) -> DaemonConfig:
         max_connections=t.integer("max_connections", d.max_connections, minimum=0, maximum=1 << 20),
         auth=t.string("auth", d.auth, choices=AUTH_MODES),
         allow_unauthenticated=t.boolean("allow_unauthenticated", d.allow_unauthenticated),
+        hot_connection_idle=t.number(
+            "hot_connection_idle", d.hot_connection_idle, exclusive_minimum=0, maximum=3600
+        ),
     )
     if out.auth == "none" and not out.allow_unauthenticated and not is_local_listen(out.listen):
         fail(
@@ -280,6 +288,7 @@ def _async(t: Table) -> AsyncConfig:
         queue_max=t.integer("queue_max", d.queue_max, minimum=0),
         retention=t.number("retention", d.retention, minimum=0),
         host=t.string("host", d.host),
+        lease_margin=t.number("lease_margin", d.lease_margin, minimum=0),
     )
     t.done()
     return out

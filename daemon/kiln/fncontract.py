@@ -227,8 +227,16 @@ class Verdict(enum.Enum):
     FUNCTION_ERROR = "function_error"
     #: 504: the function reported that it ran out of time.
     TIMEOUT = "timeout"
+    #: 400, 413, 414, 431: the FDK refused a request the caller shaped (too many or
+    #: too large headers, a body it cannot take). The caller's error, passed on
+    #: with that status; the container stays in service.
+    REJECTED = "rejected"
     #: Any other status, or a protocol error: the container must be killed.
     BROKEN = "broken"
+
+
+#: What an FDK's HTTP server answers to a request it cannot take as shaped.
+CALLER_SHAPED = frozenset({400, 413, 414, 431})
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +277,8 @@ def interpret_response(status: int, headers: list[tuple[bytes, bytes]]) -> Outco
         return Outcome(Verdict.FUNCTION_ERROR, 502)
     if status == 504:
         return Outcome(Verdict.TIMEOUT, 504)
+    if status in CALLER_SHAPED:
+        return Outcome(Verdict.REJECTED, status)
     if status != 200:
         return Outcome(Verdict.BROKEN, 502)
     out: list[tuple[bytes, bytes]] = []

@@ -225,7 +225,7 @@ async def run_daemon(
                     'auth = "token" and no token exists yet: every call gets 401 until one '
                     "is made with `kiln token create`"
                 )
-            controller = daemon.operations
+            operations = daemon.operations
             calls = daemon.calls
             try:
                 invoke_listeners = await open_listeners(config.daemon.listen)
@@ -239,11 +239,11 @@ async def run_daemon(
                 async def reload() -> None:
                     await notifier.reloading()
                     try:
-                        result = await controller.reload()
+                        result = await operations.reload()
                         log.info("SIGHUP reload: %s", result)
                     except CallError as e:
                         log.error("SIGHUP reload refused: %s", e.message)
-                    await notifier.ready(status_line(controller))
+                    await notifier.ready(status_line(operations))
 
                 def force() -> None:
                     drain_requested.set()
@@ -295,7 +295,7 @@ async def run_daemon(
                     config.daemon.control_socket,
                 )
                 await root.start(notifier.watchdog)
-                await notifier.ready(status_line(controller))
+                await notifier.ready(status_line(operations))
                 task_status.started(binds)
 
                 await drain_requested.wait()
@@ -344,9 +344,9 @@ async def open_async_store(config: Config) -> Store:
     return store
 
 
-def status_line(controller: Operations) -> str:
-    m = controller.memory.statistics()
+def status_line(operations: Operations) -> str:
+    m = operations.memory.statistics()
     return (
-        f"{len(controller.registry)} function(s), {controller.calls.inflight} call(s) in flight, "
+        f"{len(operations.registry)} function(s), {operations.calls.inflight} call(s) in flight, "
         f"{format_size(m.reserved)} of {format_size(m.capacity)} reserved"
     )

@@ -233,14 +233,28 @@ class _StateCollector(Collector):
         waiting = GaugeMetricFamily(
             "kiln_calls_waiting", "Calls waiting for a hot container", labels=["function"]
         )
+        failures = GaugeMetricFamily(
+            "kiln_hot_consecutive_start_failures",
+            "Failed starts (or deaths soon after ready) in a row; 0 when healthy",
+            labels=["function"],
+        )
+        held = GaugeMetricFamily(
+            "kiln_hot_restart_backoff_seconds",
+            "Seconds until the restart backoff lets min_warm containers start again",
+            labels=["function"],
+        )
         for s in self.supervisors.statistics():
             for state in ("starting", "idle", "busy", "retiring"):
                 containers.add_metric([s.function, state], getattr(s, state))
             evictions.add_metric([s.function], s.evicted_total)
             waiting.add_metric([s.function], s.waiting)
+            failures.add_metric([s.function], s.consecutive_failures)
+            held.add_metric([s.function], s.restart_in)
         yield containers
         yield evictions
         yield waiting
+        yield failures
+        yield held
         yield GaugeMetricFamily(
             "kiln_calls_in_flight", "Calls in flight", value=self.calls.inflight
         )

@@ -52,7 +52,7 @@ from kiln.functions.registry import FunctionRegistry
 from kiln.functions.spec import FunctionSpec
 from kiln.functions.store import FunctionStore
 from kiln.hot.supervisors import Supervisors
-from kiln.hot.transport import ListenerTransport
+from kiln.hot.transport import ListenerTransport, UnixTransport
 from kiln.http.asgi import ASGIApp
 from kiln.logs.service import Logs, LogSettings
 from kiln.metrics import Metrics
@@ -138,7 +138,7 @@ class Daemon:
             max_response=config.daemon.max_response,
             queue_max=limits.queue_max,
             queue_wait=limits.queue_wait,
-            transport=transport,
+            transport=transport or UnixTransport(connection_idle=config.daemon.hot_connection_idle),
             logs=logs,
         )
         memory.evictor = supervisors
@@ -191,6 +191,7 @@ class Daemon:
                 async_capacity=memory.statistics().async_capacity,
                 queue_wait=limits.queue_wait,
                 max_response=config.daemon.max_response,
+                lease_margin=config.async_.lease_margin,
             )
             invoke_app.calls_routes = CallsRoutes(
                 asyncq, registry.__contains__, max_body=config.daemon.max_body

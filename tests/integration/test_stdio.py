@@ -57,6 +57,27 @@ def test_echo_through_cat(kiln: Daemon, docker: httpx.Client) -> None:
     assert kiln_containers(docker, kiln.daemon_id) == []
 
 
+def test_timing_reports_the_container_start(kiln: Daemon) -> None:
+    """A stdio call starts a container: Kiln-Timing's start is its create+start time."""
+    r = kiln.invoke("echo", b"x")
+    assert r.status_code == 200, r.text
+    assert r.headers["kiln-cold"] == "1"
+    timing = {k: float(v) for k, v in (kv.split("=") for kv in r.headers["kiln-timing"].split(";"))}
+    assert timing["start"] > 1  # ms: Docker takes longer than that to create and start
+    assert timing["run"] > 0
+
+
+def test_control_socket_invoke_is_a_call_like_any_other(kiln: Daemon) -> None:
+    with kiln.control() as control:
+        r = control.post("/functions/echo/invoke", content=b"via control")
+    assert r.status_code == 200, r.text
+    assert r.content == b"via control"
+    assert r.headers["kiln-cold"] == "1"
+    assert "start=" in r.headers["kiln-timing"]
+    call_id = r.headers["kiln-call-id"]
+    assert kiln.wait_log(f"id={call_id} status=200")
+
+
 def test_one_mib_round_trips_byte_exact(kiln: Daemon) -> None:
     body = os.urandom(1024 * 1024)
     r = kiln.invoke("echo", body)

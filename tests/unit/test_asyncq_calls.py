@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import random
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import pytest
@@ -16,7 +16,7 @@ import trio.testing
 
 from kiln.asyncq.records import NewCall
 from kiln.asyncq.sqlite import SQLiteStore
-from kiln.asyncq.store import Accepted, StoreError
+from kiln.asyncq.store import Accepted, QueueFull, StoreError
 from kiln.config import AsyncConfig
 from kiln.functions.spec import FunctionSpec
 from kiln.units import MiB
@@ -138,7 +138,9 @@ async def test_refusals(autojump_clock: trio.testing.MockClock) -> None:
 class BrokenStore(MemoryStore):
     """Its writes fail (a full disk, a database gone)."""
 
-    def accept(self, call: NewCall, *, queue_max: int) -> Accepted:
+    def accept_many(
+        self, calls: Sequence[NewCall], *, queue_max: int
+    ) -> list[Accepted | QueueFull]:
         raise StoreError("disk I/O error")
 
 
@@ -152,10 +154,12 @@ class GatedStore(MemoryStore):
         self.entered = entered
         self.proceed = proceed
 
-    def accept(self, call: NewCall, *, queue_max: int) -> Accepted:
+    def accept_many(
+        self, calls: Sequence[NewCall], *, queue_max: int
+    ) -> list[Accepted | QueueFull]:
         trio.from_thread.run_sync(self.entered.set)
         assert self.proceed.wait(10)
-        return super().accept(call, queue_max=queue_max)
+        return super().accept_many(calls, queue_max=queue_max)
 
 
 async def test_no_202_unless_committed(autojump_clock: trio.testing.MockClock) -> None:
@@ -361,3 +365,30 @@ def test_headers_kept_for_the_call() -> None:
     assert b"idempotency-key" in NOT_STORED
 
 
+
+
+async def test_accepts_are_committed_in_groups(autojump_clock: trio.testing.MockClock) -> None:
+    groups: list[int] = []
+
+    class Counting(MemoryStore):
+        def accept_many(
+            self, calls: Sequence[NewCall], *, queue_max: int
+        ) -> list[Accepted | QueueFull]:
+            groups.append(len(calls))
+            return super().accept_many(calls, queue_max=queue_max)
+
+    async with async_stack(store=Counting()) as s:
+        replies: list[Reply] = []
+
+        async def one(i: int) -> None:
+            replies.append(await accept(s, "echo", b"%d" % i, idempotency_key=f"k{i % 40}"))
+
+        async with trio.open_nursery() as n:
+            for i in range(50):
+                n.start_soon(one, i)
+        assert [r.status for r in replies] == [202] * 50
+        assert sum(groups) == 50
+        assert len(groups) < 50  # grouped: fewer transactions than accepts
+        # a key repeated inside one group still maps to one call
+        ids = {r.json()["id"] for r in replies}
+        assert len(ids) == 40

@@ -273,7 +273,7 @@ def test_504_is_a_function_timeout() -> None:
 
 
 @pytest.mark.parametrize(
-    "status", [100, 101, 201, 204, 301, 304, 400, 404, 500, 501, 503, 505, 599]
+    "status", [100, 101, 201, 204, 301, 304, 401, 404, 500, 501, 503, 505, 599]
 )
 def test_any_other_status_breaks_the_container(status: int) -> None:
     outcome = interpret_response(status, [(b"fn-http-status", b"200")])
@@ -399,3 +399,57 @@ def test_directory_is_invalid(d: Path) -> None:
 def test_fifo_is_invalid(d: Path) -> None:
     os.mkfifo(d / "lsnr.sock")
     expect_invalid(d, "FIFO")
+
+
+@pytest.mark.parametrize("status", [400, 413, 414, 431])
+def test_a_request_the_fdk_refuses_is_the_callers_error(status: int) -> None:
+    assert interpret_response(status, []) == Outcome(Verdict.REJECTED, status, ())
+
+
+# ---- both directions, as the real FDKs speak ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        [  # fdk-python 0.1.128 (names as h11 hands them over: lowercase)
+            (b"connection", b"keep-alive"),
+            (b"keep-alive", b"75"),
+            (b"fn-http-h-x-custom", b"1"),
+            (b"fn-fdk-version", b"fdk-python/0.1.128"),
+            (b"fn-fdk-runtime", b"python/3.11.2 final"),
+            (b"fn-http-status", b"201"),
+            (b"content-length", b"4"),
+            (b"content-type", b"text/plain"),
+        ],
+        [  # @fnproject/fdk 0.0.76
+            (b"fn-http-status", b"201"),
+            (b"fn-http-h-x-custom", b"1"),
+            (b"content-type", b"text/plain"),
+            (b"fn-fdk-version", b"fdk-node/0.0.76 (njsv=v20.20.2)"),
+            (b"fn-fdk-runtime", b"node/20.20.2"),
+            (b"date", b"Wed, 02 Dec 2026 07:05:55 GMT"),
+            (b"connection", b"keep-alive"),
+            (b"transfer-encoding", b"chunked"),
+        ],
+    ],
+    ids=["fdk-python", "fdk-node"],
+)
+def test_fdk_answers_map_to_the_callers_status_and_headers(
+    answer: list[tuple[bytes, bytes]],
+) -> None:
+    outcome = interpret_response(200, answer)
+    assert outcome == Outcome(
+        Verdict.OK, 201, ((b"x-custom", b"1"), (b"content-type", b"text/plain"))
+    )
+
+
+def test_a_request_round_trips_through_the_trigger_headers() -> None:
+    """What the caller sent is what an FDK decodes from the trigger headers."""
+    caller = [(b"X-Trace", b"abc"), (b"Accept", b"*/*"), (b"Content-Type", b"text/plain")]
+    headers = call_request_headers("c", T0, caller, HttpRequest("DELETE", "/a?b=1"))
+    by_name = {k.lower(): v for k, v in headers}
+    assert by_name[b"fn-intent"] == b"httprequest"
+    assert by_name[b"fn-http-method"] == b"DELETE"
+    assert by_name[b"fn-http-request-url"] == b"/a?b=1"
+    assert encapsulated(headers) == caller

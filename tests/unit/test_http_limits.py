@@ -13,8 +13,10 @@ import pytest
 import trio
 import trio.testing
 
+from kiln.config import ConfigError, parse
 from kiln.http import Limits, Receive, Scope, Send, open_listeners, serve_asgi
 from kiln.http.server import ACCEPT_BACKOFF, ACCEPT_LOG_INTERVAL, MAX_HEAD, MAX_HEADERS
+from kiln.main import INVOKE_MAX_HEADERS, invoke_limits
 from tests.harness import functions, stack
 from tests.memnet import MemoryListener, read_until_eof, serving
 from tests.unit.test_http_server import RawResponse, parse_responses, respond
@@ -359,3 +361,14 @@ async def test_a_flood_of_slow_clients_never_exceeds_the_cap() -> None:
     finally:
         for sock in clients:
             sock.close()
+
+
+def test_the_invoke_api_limits_come_from_the_config() -> None:
+    config = parse({"daemon": {"body_timeout": 5, "max_connections": 10}})
+    limits = invoke_limits(config)
+    assert limits.body_timeout == 5
+    assert limits.max_connections == 10
+    assert limits.max_headers == INVOKE_MAX_HEADERS
+    assert invoke_limits(parse({})).max_connections is None  # derived from RLIMIT_NOFILE
+    with pytest.raises(ConfigError, match=r"daemon\.body_timeout"):
+        parse({"daemon": {"body_timeout": 0}})

@@ -19,7 +19,7 @@ import pytest
 import trio
 import trio.testing
 
-from kiln.hot.httpstream import FnConnection, FnProtocolError
+from kiln.hot.httpstream import FnConnection, FnProtocolError, RequestNotSent
 from tests.unit.test_fdk import fn_dir, headers_for, iofs, running_function
 
 __all__ = ["fn_dir", "iofs"]  # fixtures shared with test_fdk.py
@@ -421,3 +421,71 @@ async def test_benchmark_call_against_fdk_echo(fn_dir: Path, iofs: Path) -> None
         f"\n[bench] FnConnection.call vs FDK echo over a Unix socket: {per_call * 1e6:.0f} µs/call "
         f"(blocking raw-socket client, same FDK: {raw * 1e6:.0f} µs/call; n={n}, 64-byte body)"
     )
+
+
+# ---- a dead idle connection is told apart from a call that may have run -------------
+
+
+async def test_stale_tells_an_idle_connection_the_function_closed(iofs: Path) -> None:
+    closed = trio.Event()
+
+    async def one_answer_then_close(stream: trio.SocketStream) -> None:
+        peer = Peer(stream)
+        await peer.request()
+        await stream.send_all(OK)
+        await stream.aclose()
+        closed.set()
+
+    async with fake_function(iofs, one_answer_then_close) as path:
+        conn = await FnConnection.open(path)
+        async with conn:
+            await conn.call(headers_for(), b"x")
+            await closed.wait()
+            assert conn.stale()
+
+
+async def test_stale_tells_an_unasked_408(iofs: Path) -> None:
+    """What Node's server does to a connection that sent nothing for too long."""
+    sent = trio.Event()
+
+    async def times_out(stream: trio.SocketStream) -> None:
+        await stream.send_all(
+            b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        )
+        sent.set()
+        await trio.sleep_forever()
+
+    async with fake_function(iofs, times_out) as path, await FnConnection.open(path) as conn:
+        await sent.wait()
+        assert conn.stale()
+
+
+async def test_quiet_idle_connection_is_not_stale(iofs: Path) -> None:
+    async def answers(stream: trio.SocketStream) -> None:
+        peer = Peer(stream)
+        while await peer.request() is not None:
+            await stream.send_all(OK)
+
+    async with fake_function(iofs, answers) as path, await FnConnection.open(path) as conn:
+        assert not conn.stale()
+        await conn.call(headers_for(), b"x")
+        assert not conn.stale()
+
+
+async def test_send_on_a_connection_the_function_closed_is_request_not_sent(iofs: Path) -> None:
+    closed = trio.Event()
+
+    async def close_at_once(stream: trio.SocketStream) -> None:
+        await stream.aclose()
+        closed.set()
+
+    async with fake_function(iofs, close_at_once) as path, await FnConnection.open(path) as conn:
+        await closed.wait()
+        # the peer is gone: the first write fails, nothing reached the function
+        with pytest.raises(RequestNotSent):
+            await conn.call(headers_for(), b"x")
+
+
+async def test_cannot_connect_is_request_not_sent(iofs: Path) -> None:
+    with pytest.raises(RequestNotSent, match="cannot connect"):
+        await FnConnection.open(iofs / "nothing.sock")

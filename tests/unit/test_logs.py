@@ -4,7 +4,7 @@ the file mirror's rotation, followers, call attribution, the logs route."""
 from __future__ import annotations
 
 import json
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ import trio.testing
 from kiln.docker.frames import Frame
 from kiln.logs.http import BadLogsRequest, parse_request, parse_since, serve_logs
 from kiln.logs.hub import Hub
-from kiln.logs.journal import encode_entry, line_fields, under_journald
+from kiln.logs.journal import StderrForwarder, encode_entry, line_fields, under_journald
 from kiln.logs.lines import KILN, FloodLimiter, LineSplitter, LogLine, line_text
 from kiln.logs.mirror import FileMirror
 from kiln.logs.service import LINGER, Logs, LogSettings
@@ -138,6 +138,29 @@ def test_journal_entry_fields_and_binary_form() -> None:
     assert multi == b"MESSAGE\n" + (3).to_bytes(8, "little") + b"a\nb\n"
 
 
+def test_stderr_forwarder_writes_a_batch_in_the_log_format() -> None:
+    import logging
+    import os
+
+    r, w = os.pipe()
+    fwd = StderrForwarder(w)
+    logging.getLogger("kiln.fn").setLevel(logging.INFO)
+    fwd.send(
+        [
+            LogLine(1, 0.0, "echo", "ctr", "abc", "stderr", "one"),
+            LogLine(2, 0.0, "echo", "ctr", None, "stdout", "two"),
+        ]
+    )
+    os.close(w)
+    out = os.read(r, 4096).decode()
+    os.close(r)
+    first, second = out.splitlines()
+    assert first.endswith(" INFO kiln.fn: fn=echo call=abc container=ctr stderr: one")
+    assert second.endswith(" INFO kiln.fn: fn=echo call=- container=ctr stdout: two")
+    assert first[:4].isdigit()
+    assert first[19] == ","
+
+
 def test_under_journald_needs_the_stream_to_be_stderr(tmp_path: Path) -> None:
     assert not under_journald({})
     assert not under_journald({"JOURNAL_STREAM": "garbage"})
@@ -156,8 +179,8 @@ class Collect:
     def __init__(self) -> None:
         self.lines: list[LogLine] = []
 
-    def send(self, line: LogLine) -> None:
-        self.lines.append(line)
+    def send(self, lines: Sequence[LogLine]) -> None:
+        self.lines.extend(lines)
 
     def close(self) -> None:
         pass

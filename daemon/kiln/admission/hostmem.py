@@ -7,8 +7,7 @@ source; nothing here raises for a strange host):
   ``cpu.max`` of our own cgroup (the ``0::/path`` line of
   ``/proc/self/cgroup``) *and of each of its ancestors up to the root*; the
   smallest limit wins, because a parent's limit caps its children. ``max`` means
-  unlimited. This covers the brief's "own path, falling back to the root": the
-  root is the last ancestor tried. (Inside a container without a cgroup
+  unlimited. The root is the last ancestor tried. (Inside a container without a cgroup
   namespace the own path does not exist under the mount; the walk then ends at
   the mount root, which *is* the container's cgroup.)
 * cgroup v1: ``<root>/memory/<path>/memory.limit_in_bytes`` (path from the
@@ -21,7 +20,7 @@ source; nothing here raises for a strange host):
 
 Note: the containers Kiln starts live in cgroups made by dockerd, not in Kiln's
 own cgroup, so Kiln's limit does not bound them. Using it anyway is the
-conservative choice the design asks for: an operator who confines the Kiln
+conservative choice: an operator who confines the Kiln
 service to 4 GiB expects Kiln not to hand out more than that.
 
 The pure part (:func:`plan_capacity`) does no I/O.

@@ -68,9 +68,9 @@ def _json(data: Any) -> bytes:
 
 class ControlApp:
     def __init__(
-        self, controller: Operations, *, logs: Logs | None = None, tokens: Tokens | None = None
+        self, operations: Operations, *, logs: Logs | None = None, tokens: Tokens | None = None
     ) -> None:
-        self.c = controller
+        self.c = operations
         self.logs = logs
         self.tokens = tokens
         #: ``/calls`` (async calls), when enabled.
@@ -198,7 +198,9 @@ class ControlApp:
                         raise BadRequest(str(e), code="bad_spec") from e
                     existed = name in self.c.registry
                     await self.c.deploy(spec)
-                    return (200 if existed else 201), _json(self.c.function_info(name)), j
+                    warning = await self.c.image_warning(spec)
+                    info = {**self.c.function_info(name), "warnings": [warning] if warning else []}
+                    return (200 if existed else 201), _json(info), j
                 if method == "DELETE":
                     await self.c.remove(name)
                     return 200, _json({"removed": name}), j

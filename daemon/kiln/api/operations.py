@@ -23,7 +23,7 @@ from kiln.calls.errors import CallError
 from kiln.calls.lifecycle import Calls
 from kiln.config import Config, ConfigError, load
 from kiln.containers.janitor import Janitor
-from kiln.docker import Docker, DockerError
+from kiln.docker import Docker, DockerError, DockerNotFound
 from kiln.functions.policy import HostPolicy
 from kiln.functions.registry import FunctionRegistry
 from kiln.functions.spec import FunctionSpec
@@ -165,9 +165,20 @@ class Operations:
             "containers": by_state,
             "functions": len(self.registry),
             "calls_in_flight": self.calls.inflight,
-            "docker": {"socket": self.docker.socket_path or self.docker.url, "reachable": reachable},
+            "docker": {
+                "socket": self.docker.socket_path or self.docker.url,
+                "reachable": reachable,
+            },
             "draining": self.calls.draining,
             "janitor_pending": self.janitor.pending if self.janitor else 0,
+            "restart_backoff": {
+                st.function: {
+                    "consecutive_failures": st.consecutive_failures,
+                    "restart_in": round(st.restart_in, 1),
+                }
+                for st in self.supervisors.statistics()
+                if st.consecutive_failures
+            },
             "janitor": dataclasses.asdict(self.janitor.statistics()) if self.janitor else None,
             "rate_limits": {
                 name: dataclasses.asdict(stats)
@@ -199,6 +210,24 @@ class Operations:
                 self.store.restore(spec.name, previous)
                 raise
         log.info("deployed function %s (%s, %s)", spec.name, spec.image, format_size(spec.memory))
+
+    async def image_warning(self, spec: FunctionSpec) -> str | None:
+        """Why ``spec``'s first call would fail for want of its image, or None.
+
+        Kiln never pulls: an image that is not on this host is worth a warning at
+        deploy time. When Docker cannot tell (down, slow), say nothing.
+        """
+        try:
+            with trio.move_on_after(5):
+                await self.docker.images.inspect(spec.image)
+        except DockerNotFound:
+            return (
+                f"image {spec.image!r} is not on this host: Kiln never pulls, so calls of "
+                f"{spec.name!r} fail until it is there (docker pull / docker load it)"
+            )
+        except DockerError:
+            pass
+        return None
 
     async def remove(self, name: str) -> None:
         self.spec(name)

@@ -75,6 +75,7 @@ class Dispatcher:
         async_capacity: int,
         queue_wait: float,
         max_response: int,
+        lease_margin: float = LEASE_MARGIN,
         rng: random.Random | None = None,
     ) -> None:
         self.queue = queue
@@ -85,6 +86,7 @@ class Dispatcher:
         self.async_capacity = async_capacity
         self.queue_wait = queue_wait
         self.max_response = max_response
+        self.lease_margin = lease_margin
         self.rng = rng or random.Random()
         #: Bytes the running async calls hold (each at its function's memory).
         self.held = 0
@@ -216,7 +218,7 @@ class Dispatcher:
             (s.start_timeout + s.timeout for s in specs.values()),
             default=0.0,
         )
-        return self.queue_wait + longest + LEASE_MARGIN
+        return self.queue_wait + longest + self.lease_margin
 
     async def _refresh_stats(self) -> None:
         try:

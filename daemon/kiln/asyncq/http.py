@@ -30,6 +30,7 @@ from kiln.asyncq.store import QueueFull, StoreError
 from kiln.calls.errors import CallError, NotFound, Unavailable
 from kiln.calls.lifecycle import CallerGone
 from kiln.fncontract import PLAIN_POST, HttpRequest
+from kiln.functions.registry import unknown_function
 from kiln.http.asgi import Receive, Scope, Send
 
 #: The longest ``?wait=`` a reader may ask for, in seconds.
@@ -71,7 +72,7 @@ class CallsRoutes:
         call_id = "-"
         try:
             if not self.known(name):
-                raise NotFound(f"no function named {name!r}", code="unknown_function")
+                raise unknown_function(name)
             if not self.queue.accepting:
                 raise Unavailable(
                     "kiln is draining: not accepting calls", code="draining", retry_after=5

@@ -23,7 +23,7 @@ import psycopg
 import trio
 
 from kiln.asyncq.records import CallRecord, NewCall, Outcome, State, pack_headers
-from kiln.asyncq.sqlite import COLUMNS, row_to_record
+from kiln.asyncq.sqlite import COLUMNS, queued_record, row_to_record
 from kiln.asyncq.store import Accepted, QueueFull, QueueStats, StoreError, outcome_fields
 
 log = logging.getLogger("kiln.asyncq")
@@ -127,43 +127,59 @@ class PostgresStore:
     # ---- accept and read ------------------------------------------------------------
 
     def accept(self, call: NewCall, *, queue_max: int) -> Accepted:
-        def tx(db: psycopg.Connection[Any]) -> Accepted:
-            if call.idempotency_key is not None:
-                row = db.execute(
-                    f"SELECT {COLUMNS} FROM calls WHERE function = %s AND idem_key = %s",
-                    (call.function, call.idempotency_key),
-                ).fetchone()
-                if row is not None:
-                    return Accepted(_record(row), created=False)
+        (out,) = self.accept_many([call], queue_max=queue_max)
+        if isinstance(out, QueueFull):
+            raise out
+        return out
+
+    def accept_many(
+        self, calls: Sequence[NewCall], *, queue_max: int
+    ) -> list[Accepted | QueueFull]:
+        def tx(db: psycopg.Connection[Any]) -> list[Accepted | QueueFull]:
             (pending,) = db.execute(
                 "SELECT count(*) FROM calls WHERE state IN ('queued', 'running')"
             ).fetchone() or (0,)
-            if pending >= queue_max:
-                raise QueueFull
-            row = db.execute(
-                "INSERT INTO calls (id, function, body, headers, idem_key, state, created, due) "
-                "VALUES (%s, %s, %s, %s, %s, 'queued', %s, %s) "
-                "ON CONFLICT (function, idem_key) WHERE idem_key IS NOT NULL DO NOTHING "
-                f"RETURNING {COLUMNS}",
-                (
-                    call.id,
-                    call.function,
-                    call.body,
-                    pack_headers(call.headers),
-                    call.idempotency_key,
-                    call.created,
-                    call.created,
-                ),
-            ).fetchone()
-            if row is None:  # another host accepted the same key a moment ago
+            out: list[Accepted | QueueFull] = []
+            for call in calls:
+                if call.idempotency_key is not None:
+                    row = db.execute(
+                        f"SELECT {COLUMNS} FROM calls WHERE function = %s AND idem_key = %s",
+                        (call.function, call.idempotency_key),
+                    ).fetchone()
+                    if row is not None:
+                        out.append(Accepted(_record(row), created=False))
+                        continue
+                if pending >= queue_max:
+                    out.append(QueueFull())
+                    continue
                 row = db.execute(
-                    f"SELECT {COLUMNS} FROM calls WHERE function = %s AND idem_key = %s",
-                    (call.function, call.idempotency_key),
+                    "INSERT INTO calls (id, function, body, headers, idem_key, state, created, due) "
+                    "VALUES (%s, %s, %s, %s, %s, 'queued', %s, %s) "
+                    "ON CONFLICT (function, idem_key) WHERE idem_key IS NOT NULL DO NOTHING "
+                    "RETURNING id",
+                    (
+                        call.id,
+                        call.function,
+                        call.body,
+                        pack_headers(call.headers),
+                        call.idempotency_key,
+                        call.created,
+                        call.created,
+                    ),
                 ).fetchone()
-                assert row is not None
-                return Accepted(_record(row), created=False)
-            db.execute(f"NOTIFY {CHANNEL}")
-            return Accepted(_record(row), created=True)
+                if row is None:  # another host accepted the same key a moment ago
+                    row = db.execute(
+                        f"SELECT {COLUMNS} FROM calls WHERE function = %s AND idem_key = %s",
+                        (call.function, call.idempotency_key),
+                    ).fetchone()
+                    assert row is not None
+                    out.append(Accepted(_record(row), created=False))
+                    continue
+                pending += 1
+                out.append(Accepted(queued_record(call), created=True))
+            if any(isinstance(x, Accepted) and x.created for x in out):
+                db.execute(f"NOTIFY {CHANNEL}")
+            return out
 
         return self._run(tx)
 

@@ -94,6 +94,21 @@ def row_to_record(row: Sequence[Any]) -> CallRecord:
     )
 
 
+def queued_record(call: NewCall) -> CallRecord:
+    """The record a just-accepted call has."""
+    return CallRecord(
+        id=call.id,
+        function=call.function,
+        body=call.body,
+        headers=call.headers,
+        idempotency_key=call.idempotency_key,
+        state="queued",
+        attempts=0,
+        created=call.created,
+        due=call.created,
+    )
+
+
 class SQLiteStore:
     shared = False
 
@@ -154,48 +169,52 @@ class SQLiteStore:
     # ---- accept and read ----------------------------------------------------------
 
     def accept(self, call: NewCall, *, queue_max: int) -> Accepted:
-        def tx(db: sqlite3.Connection) -> Accepted:
-            if call.idempotency_key is not None:
-                row = db.execute(
-                    f"SELECT {COLUMNS} FROM calls WHERE function = ? AND idem_key = ?",
-                    (call.function, call.idempotency_key),
-                ).fetchone()
-                if row is not None:
-                    return Accepted(row_to_record(row), created=False)
-            if self._pending >= queue_max:
-                raise QueueFull
-            db.execute(
-                "INSERT INTO calls (id, function, body, headers, idem_key, state, created, due) "
-                "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
-                (
-                    call.id,
-                    call.function,
-                    call.body,
-                    pack_headers(call.headers),
-                    call.idempotency_key,
-                    call.created,
-                    call.created,
-                ),
-            )
-            return Accepted(
-                CallRecord(
-                    id=call.id,
-                    function=call.function,
-                    body=call.body,
-                    headers=call.headers,
-                    idempotency_key=call.idempotency_key,
-                    state="queued",
-                    attempts=0,
-                    created=call.created,
-                    due=call.created,
-                ),
-                created=True,
-            )
-
-        out = self._run(True, tx)
-        if out.created:
-            self._pending += 1
+        (out,) = self.accept_many([call], queue_max=queue_max)
+        if isinstance(out, QueueFull):
+            raise out
         return out
+
+    def accept_many(
+        self, calls: Sequence[NewCall], *, queue_max: int
+    ) -> list[Accepted | QueueFull]:
+        added = 0
+
+        def tx(db: sqlite3.Connection) -> list[Accepted | QueueFull]:
+            nonlocal added
+            added = 0
+            out: list[Accepted | QueueFull] = []
+            for call in calls:
+                if call.idempotency_key is not None:
+                    row = db.execute(
+                        f"SELECT {COLUMNS} FROM calls WHERE function = ? AND idem_key = ?",
+                        (call.function, call.idempotency_key),
+                    ).fetchone()
+                    if row is not None:
+                        out.append(Accepted(row_to_record(row), created=False))
+                        continue
+                if self._pending + added >= queue_max:
+                    out.append(QueueFull())
+                    continue
+                db.execute(
+                    "INSERT INTO calls (id, function, body, headers, idem_key, state, created, due) "
+                    "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
+                    (
+                        call.id,
+                        call.function,
+                        call.body,
+                        pack_headers(call.headers),
+                        call.idempotency_key,
+                        call.created,
+                        call.created,
+                    ),
+                )
+                added += 1
+                out.append(Accepted(queued_record(call), created=True))
+            return out
+
+        results = self._run(True, tx)
+        self._pending += added
+        return results
 
     def get(self, call_id: str) -> CallRecord | None:
         try:

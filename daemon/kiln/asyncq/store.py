@@ -46,6 +46,12 @@ class Store(Protocol):
         """Record a new call durably (committed before returning). Raises QueueFull."""
         ...
 
+    def accept_many(
+        self, calls: Sequence[NewCall], *, queue_max: int
+    ) -> list[Accepted | QueueFull]:
+        """Several accepts in one transaction (one fsync): each call's result in order."""
+        ...
+
     def get(self, call_id: str) -> CallRecord | None: ...
 
     def find(self, *, function: str | None, state: State | None, limit: int) -> list[CallRecord]:

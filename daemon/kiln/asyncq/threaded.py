@@ -7,6 +7,11 @@ once started finishes its transaction even if the awaiting task is
 cancelled, so a commit is never half-seen: the task learns nothing, the
 database has it.
 
+Accepts are committed in groups: while one group's transaction runs, new
+accepts queue up, and the next group takes them all in one transaction — one
+fsync for many 202s. No task of its own: the first waiting caller runs the
+next group (a "leader"), the others wait for their result.
+
 A store whose ``inline`` attribute is true runs in the event loop's thread
 instead: only tests on a ``MockClock`` use that (with an in-memory SQLite
 database), since virtual time would jump while a worker thread runs.
@@ -21,12 +26,20 @@ from typing import TypeVar
 import trio
 
 from kiln.asyncq.records import CallRecord, NewCall, Outcome, State
-from kiln.asyncq.store import Accepted, QueueStats, Store
+from kiln.asyncq.store import Accepted, QueueFull, QueueStats, Store
 
 T = TypeVar("T")
 
 #: Called after each store operation: (operation, seconds).
 Observer = Callable[[str, float], None]
+
+
+class _Pending:
+    __slots__ = ("call", "result")
+
+    def __init__(self, call: NewCall) -> None:
+        self.call = call
+        self.result: Accepted | BaseException | None = None
 
 
 class ThreadedStore:
@@ -36,6 +49,9 @@ class ThreadedStore:
         self.limiter = trio.CapacityLimiter(1)
         self.observer = observer
         self.inline = bool(getattr(store, "inline", False))
+        self._waiting: list[_Pending] = []
+        self._committing = False
+        self._turn = trio.Event()
 
     async def _call(self, op: str, fn: Callable[[], T]) -> T:
         t0 = trio.current_time()
@@ -49,7 +65,45 @@ class ThreadedStore:
                 self.observer(op, trio.current_time() - t0)
 
     async def accept(self, call: NewCall, *, queue_max: int) -> Accepted:
-        return await self._call("accept", partial(self.store.accept, call, queue_max=queue_max))
+        mine = _Pending(call)
+        self._waiting.append(mine)
+        try:
+            while mine.result is None:
+                if self._committing:
+                    await self._turn.wait()
+                    continue
+                await self._commit_group(queue_max)
+        except BaseException:
+            if mine in self._waiting:  # not in any group: forget it
+                self._waiting.remove(mine)
+            raise
+        if isinstance(mine.result, BaseException):
+            raise mine.result
+        return mine.result
+
+    async def _commit_group(self, queue_max: int) -> None:
+        self._committing = True
+        group, self._waiting = self._waiting, []
+        try:
+            results: list[Accepted | QueueFull] | BaseException
+            try:
+                results = await self._call(
+                    "accept",
+                    partial(self.store.accept_many, [p.call for p in group], queue_max=queue_max),
+                )
+            except trio.Cancelled:
+                # The leader left before the group's transaction began: the
+                # others are still waiting, and the next leader takes them.
+                self._waiting[:0] = [p for p in group if p.result is None]
+                raise
+            except Exception as e:
+                results = e
+            for i, p in enumerate(group):
+                p.result = results if isinstance(results, BaseException) else results[i]
+        finally:
+            self._committing = False
+            self._turn.set()
+            self._turn = trio.Event()
 
     async def get(self, call_id: str) -> CallRecord | None:
         return await self._call("get", partial(self.store.get, call_id))

@@ -246,6 +246,8 @@ class Calls:
                 )
             hot = await supervisor.invoke(call_id, body, request.headers, request.http)
             done = Timings(hot.queue, hot.start, hot.run, hot.cold)
+            if hot.error is not None:
+                return CallResult(hot.error.status, timings=done, error=hot.error)
             return CallResult(hot.status, hot.body, hot.headers, done)
         t0 = trio.current_time()
         async with self.memory.reserve(spec.memory, owner=spec.name, is_async=is_async):

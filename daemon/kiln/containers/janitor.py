@@ -10,6 +10,7 @@ to 60 s) until Docker removes the container or says it is already gone.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 import trio
@@ -21,6 +22,13 @@ log = logging.getLogger("kiln.janitor")
 
 BACKOFF_START = 1.0
 BACKOFF_MAX = 60.0
+
+_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def shown(ref: str) -> str:
+    """A container for a log line: an id cut to Docker's 12 characters, a name whole."""
+    return ref[:12] if _ID_RE.match(ref) else ref
 
 
 @dataclass(frozen=True)
@@ -74,12 +82,14 @@ class Janitor:
                     with trio.CancelScope(shield=True):
                         await remove_container(self.docker, cid)
                 except DockerError as e:
-                    log.warning("still cannot remove container %s of %s: %s", cid[:12], function, e)
+                    log.warning(
+                        "still cannot remove container %s of %s: %s", shown(cid), function, e
+                    )
                     failed = True
                     break
                 del self._pending[cid]
                 self._removed_total += 1
-                log.info("removed left-over container %s of %s", cid[:12], function)
+                log.info("removed left-over container %s of %s", shown(cid), function)
             if failed:
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)

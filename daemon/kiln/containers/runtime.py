@@ -11,7 +11,9 @@ containers live as ::
 * **Removal by deterministic name.** Once a create has been sent, the container
   may exist even if the create was cancelled or timed out before Docker
   answered; leaving :meth:`ContainerRuntime.claim` removes it by id, else by its
-  name. A claim whose create was never sent removes nothing.
+  name. A claim whose create never reached Docker (no connection) or that
+  Docker refused removes nothing, so the janitor only ever gets containers
+  that may exist.
 * **Shielded and bounded.** Removal and kill run shielded from cancellation and
   end within a timeout; what Docker could not remove goes to the janitor, which
   keeps trying. Neither ever raises: cleanup never hides the call's own outcome.
@@ -33,13 +35,14 @@ from typing import Any
 import trio
 
 from kiln.calls.errors import CallError, FunctionFailed, Unavailable
-from kiln.containers.janitor import Janitor
+from kiln.containers.janitor import Janitor, shown
 from kiln.containers.removal import remove_container
 from kiln.docker import (
     Docker,
     DockerAPIError,
     DockerConflict,
     DockerError,
+    DockerNotConnected,
     DockerNotFound,
     DockerTimeout,
     DockerUnreachable,
@@ -127,7 +130,13 @@ class ContainerRuntime:
     async def create(self, box: Box, config: Mapping[str, Any]) -> str:
         box.create_sent = True
         with docker_failures(box.spec):
-            container = await self.docker.containers.create(config, name=box.name)
+            try:
+                container = await self.docker.containers.create(config, name=box.name)
+            except (DockerNotConnected, DockerAPIError):
+                # Never reached Docker, or Docker refused it: nothing was created,
+                # so there is nothing to remove (nor to hand the janitor).
+                box.create_sent = False
+                raise
         box.id = container.id
         return box.id
 
@@ -209,9 +218,9 @@ class ContainerRuntime:
                     await remove_container(self.docker, ref, http_timeout=CLEANUP_TIMEOUT)
                     removed = True
                 except DockerError as e:
-                    log.error("could not remove container %s of %s: %s", ref[:12], function, e)
+                    log.error("could not remove container %s of %s: %s", shown(ref), function, e)
             if not removed:
                 if self.janitor is not None:
                     self.janitor.remove_later(ref, function)
                 else:
-                    log.error("container %s of %s was not removed", ref[:12], function)
+                    log.error("container %s of %s was not removed", shown(ref), function)

@@ -10,6 +10,7 @@ from kiln.docker.containers import DockerContainer, DockerContainers
 from kiln.docker.errors import (
     DockerAPIError,
     DockerConflict,
+    DockerNotConnected,
     DockerNotFound,
     DockerProtocolError,
     DockerTimeout,
@@ -48,6 +49,7 @@ __all__ = [
     "DockerImages",
     "DockerNetwork",
     "DockerNetworks",
+    "DockerNotConnected",
     "DockerNotFound",
     "DockerProtocolError",
     "DockerSystem",

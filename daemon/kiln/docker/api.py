@@ -36,6 +36,7 @@ import httpcore
 
 from kiln.docker.containers import DockerContainers
 from kiln.docker.errors import (
+    DockerNotConnected,
     DockerProtocolError,
     DockerTimeout,
     DockerUnreachable,
@@ -227,6 +228,10 @@ class Docker:
     def _convert(self, e: Exception, operation: str) -> Exception:
         if isinstance(e, httpcore.TimeoutException):
             return DockerTimeout(f"{operation}: Docker did not answer in time ({type(e).__name__})")
+        if isinstance(e, (httpcore.ConnectError, ConnectionRefusedError, FileNotFoundError)):
+            return DockerNotConnected(
+                f"{operation}: cannot reach Docker at {self.docker_host}: {e or type(e).__name__}"
+            )
         if isinstance(e, (httpcore.NetworkError, httpcore.RemoteProtocolError, OSError)):
             return DockerUnreachable(
                 f"{operation}: cannot reach Docker at {self.docker_host}: {e or type(e).__name__}"
@@ -378,6 +383,13 @@ class Docker:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
 
+    async def _read_body(self, response: httpcore.Response, operation: str) -> bytes:
+        """A long call's whole answer; a connection that breaks mid-answer is Docker gone."""
+        try:
+            return await response.aread()
+        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as e:
+            raise self._convert(e, operation) from e
+
     async def _stream_chunks(
         self, response: httpcore.Response, operation: str
     ) -> AsyncIterator[bytes]:
@@ -396,7 +408,7 @@ class Docker:
         try:
             stream = await self._connect()
         except OSError as e:
-            raise DockerUnreachable(
+            raise DockerNotConnected(
                 f"cannot reach Docker at {self.docker_host}: {e.strerror or e}"
             ) from e
         exchange = H11Exchange(stream, host=self._host.decode())

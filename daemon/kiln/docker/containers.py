@@ -240,7 +240,7 @@ class DockerContainer:
                 async with self.docker._stream(
                     self._path("/wait"), "POST", params=kwargs, operation="wait container"
                 ) as response:
-                    body = await response.aread()
+                    body = await self.docker._read_body(response, "wait container")
         except TimeoutError as e:
             if isinstance(e, DockerTimeout):
                 raise

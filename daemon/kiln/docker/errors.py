@@ -4,6 +4,7 @@
 
     DockerError(status, message)   anything that went wrong talking to Docker
     ├── DockerUnreachable        no socket, connection refused/reset: Docker is down
+    │   └── DockerNotConnected   no connection was made: the request never reached Docker
     ├── DockerTimeout            Docker did not answer in time (also a ``TimeoutError``)
     ├── DockerProtocolError      Docker answered something we cannot parse
     └── DockerAPIError           Docker answered with an error status
@@ -28,6 +29,11 @@ class _ClientSide(DockerError):
 
 class DockerUnreachable(_ClientSide):
     """The Docker socket is missing, refuses connections, or dropped the connection."""
+
+
+class DockerNotConnected(DockerUnreachable):
+    """No connection to Docker could be made, so the request was never sent: a
+    create that fails so created nothing (unlike one whose answer was lost)."""
 
 
 class DockerTimeout(_ClientSide, TimeoutError):
@@ -68,6 +74,7 @@ __all__ = [
     "DockerAPIError",
     "DockerConflict",
     "DockerError",
+    "DockerNotConnected",
     "DockerNotFound",
     "DockerProtocolError",
     "DockerTimeout",

@@ -18,6 +18,7 @@ from kiln.calls.errors import CallError, CallTimeout, FunctionFailed, OutputTooL
 from kiln.fncontract import HttpRequest, Verdict, call_request_headers, interpret_response
 from kiln.functions.spec import FunctionSpec
 from kiln.hot.container import HotContainer
+from kiln.hot.dialer import Undelivered
 from kiln.hot.httpstream import FnProtocolError, ResponseTooLarge
 from kiln.units import format_size
 
@@ -38,6 +39,13 @@ class Outcome:
     broken: str | None = None
     #: The connection broke mid-call: the container may have died (e.g. OOM-killed).
     lost: bool = False
+    #: The call never reached the function (its listener could not be reached), so it
+    #: may go to another container.
+    undelivered: bool = False
+
+
+#: How long a call that lost its connection waits to learn the container's exit code.
+EXIT_GRACE = 2.0
 
 
 async def run_call(
@@ -59,6 +67,15 @@ async def run_call(
     try:
         with trio.move_on_after(spec.timeout) as scope:
             response = await conn.call(request_headers, body)
+    except Undelivered as e:
+        return Outcome(
+            error=FunctionFailed(
+                f"function {spec.name!r}: cannot reach its container's listener: {e}",
+                code="function_error",
+            ),
+            broken=f"listener unreachable: {e}",
+            undelivered=True,
+        )
     except ResponseTooLarge as e:
         return Outcome(
             error=OutputTooLarge(
@@ -68,20 +85,8 @@ async def run_call(
             broken=str(e),
         )
     except FnProtocolError as e:
-        tail = c.output_tail()
         return Outcome(
-            error=FunctionFailed(
-                f"function {spec.name!r} "
-                + (
-                    f"exited (code {c.exit_code}) during the call"
-                    if c.exit_code is not None
-                    else f"broke the connection: {e}"
-                )
-                + (f"; last output: {tail}" if tail else ""),
-                code="function_error",
-            ),
-            broken=f"protocol error: {e}",
-            lost=True,
+            error=await _lost(spec, c, call_id, e), broken=f"protocol error: {e}", lost=True
         )
     if scope.cancelled_caught:
         return Outcome(
@@ -102,6 +107,15 @@ async def run_call(
             ),
             broken=f"function answered HTTP {response.status}",
         )
+    if outcome.verdict is Verdict.REJECTED:
+        return Outcome(
+            error=CallError(
+                f"function {spec.name!r} refused the request as sent (HTTP {response.status} "
+                "from its FDK): too many or too large headers, or a body it cannot take",
+                status=response.status,
+                code="request_rejected",
+            )
+        )
     if outcome.verdict is Verdict.FUNCTION_ERROR:
         return Outcome(
             error=FunctionFailed(
@@ -114,3 +128,21 @@ async def run_call(
             error=CallTimeout(f"function {spec.name!r} reported a timeout", code="timeout")
         )
     return Outcome(answer=Answer(outcome.status, list(outcome.headers), response.body))
+
+
+async def _lost(
+    spec: FunctionSpec, c: HotContainer, call_id: str, e: FnProtocolError
+) -> FunctionFailed:
+    """The error for a call whose connection broke: the container's exit code when it
+    died (waiting briefly for Docker to say so), and only this call's output."""
+    with trio.move_on_after(EXIT_GRACE):
+        await c.exited.wait()
+    with trio.move_on_after(EXIT_GRACE):
+        await c.output_done.wait()  # its last words, read to the end
+    output = c.output_tail(call_id)
+    last = f"; last output: {output}" if output else ""
+    if c.exit_code is not None:
+        message = f"function {spec.name!r} exited with code {c.exit_code} during the call{last}"
+    else:
+        message = f"function {spec.name!r} broke its connection during the call ({e}){last}"
+    return FunctionFailed(message, code="function_error")

@@ -18,6 +18,7 @@ import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -31,9 +32,10 @@ from kiln.containers.spec import Identity, container_config
 from kiln.docker import DockerError
 from kiln.fncontract import container_env
 from kiln.functions.spec import FunctionSpec
+from kiln.hot.dialer import Dialer
 from kiln.hot.httpstream import FnProtocolError
 from kiln.hot.readiness import ListenerInvalid
-from kiln.hot.transport import HotConnection, ListenerTransport
+from kiln.hot.transport import ListenerTransport
 from kiln.logs.service import FRAME_NAME, ContainerLog, Logs
 
 log = logging.getLogger("kiln.hot")
@@ -42,6 +44,10 @@ log = logging.getLogger("kiln.hot")
 EXIT_REPORT_WAIT = 1.0
 #: How long asking Docker whether a container was OOM-killed may take.
 OOM_CHECK_TIMEOUT = 5.0
+#: While Docker is down: the first and the longest pause before asking it again
+#: whether a container still runs.
+WAIT_RETRY_FIRST = 0.5
+WAIT_RETRY_MAX = 5.0
 #: How long a container that exited may take to deliver its last output.
 OUTPUT_GRACE = 1.0
 #: Fn's log framing: FDKs that honour it write ``kiln_call_id=<Fn-Call-Id>`` on
@@ -70,7 +76,7 @@ class HotContainer:
     ready_at: float = 0.0
     calls: int = 0
     current_call: str | None = None
-    conn: HotConnection | None = None
+    conn: Dialer | None = None
     reservation: Reservation | None = None
     exit_code: int | None = None
     log: ContainerLog | None = None
@@ -95,9 +101,10 @@ class HotContainer:
         if self.log is not None:
             self.log.end_call()
 
-    def output_tail(self) -> str:
-        """The last lines this container wrote (for error messages)."""
-        return self.log.tail_text() if self.log is not None else ""
+    def output_tail(self, call: str | None = None) -> str:
+        """The last lines this container wrote (during ``call`` only, if given), for
+        error messages."""
+        return self.log.tail_text(call=call) if self.log is not None else ""
 
     def retire_now(self, reason: str) -> None:
         if not self.retire.is_set():
@@ -229,12 +236,18 @@ class Launcher:
                     code="start_timeout",
                 )
         assert socket_path is not None
+        dialer = Dialer(
+            partial(self.transport.connect, socket_path, max_response=self.max_response),
+            idle=self.transport.connection_idle,
+        )
         try:
-            c.conn = await self.transport.connect(socket_path, max_response=self.max_response)
-        except (OSError, FnProtocolError) as e:
+            await dialer.connect()
+        except FnProtocolError as e:
             raise FunctionFailed(
                 f"function {spec.name!r}: cannot connect to its listener: {e}", code="start_failed"
             ) from e
+        c.conn = dialer
+        nursery.start_soon(dialer.run)
 
     async def _watch_exit(
         self,
@@ -243,10 +256,30 @@ class Launcher:
         exited: trio.Event,
         on_exit: Callable[[HotContainer], None],
     ) -> None:
-        try:
-            c.exit_code = await self.runtime.wait(box)
-        except CallError as e:
-            log.warning("fn=%s container %s: lost track of it: %s", self.spec.name, c.name, e)
+        retry = WAIT_RETRY_FIRST
+        while True:
+            try:
+                c.exit_code = await self.runtime.wait(box)
+                break
+            except CallError as e:
+                if e.code != "docker_unavailable":
+                    log.warning(
+                        "fn=%s container %s: lost track of it: %s", self.spec.name, c.name, e
+                    )
+                    break
+                # Docker is down, not the container: it runs on (containerd keeps
+                # it) and serves calls while its socket answers. Ask again until
+                # Docker is back and says whether it still runs.
+                if retry == WAIT_RETRY_FIRST:
+                    log.warning(
+                        "fn=%s container %s: Docker stopped answering (%s); it keeps serving "
+                        "while its socket answers",
+                        self.spec.name,
+                        c.name,
+                        e.message,
+                    )
+                await trio.sleep(retry)
+                retry = min(retry * 2, WAIT_RETRY_MAX)
         exited.set()
         c.exited.set()
         on_exit(c)
@@ -290,7 +323,9 @@ class Launcher:
         error = exit_outcome(self.spec, ExitInfo(c.exit_code, oom, tail))
         return error if error is not None and error.code == "out_of_memory" else None
 
-    async def why_lost(self, c: HotContainer, error: CallError) -> CallError:
+    async def why_lost(
+        self, c: HotContainer, error: CallError, call: str | None = None
+    ) -> CallError:
         """A call's connection broke: if the container died of its memory limit, say
         so (``out_of_memory``, "raise `memory`"), else keep ``error``. Waits a moment
         for Docker to report the exit. Never raises."""
@@ -298,7 +333,7 @@ class Launcher:
             await c.exited.wait()
         if not c.exited.is_set():
             return error
-        return await self.out_of_memory(c, c.output_tail()) or error
+        return await self.out_of_memory(c, c.output_tail(call)) or error
 
     async def kill(self, c: HotContainer) -> None:
         """Kill a broken container (shielded, bounded, never raises): the caller and the

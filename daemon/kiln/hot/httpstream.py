@@ -16,11 +16,17 @@ Failure model (what the pool relies on):
   the only safe thing is to kill (or replace) the container.
 * A function that answers with ``Connection: close`` (or HTTP/1.0) is fine: the
   socket is closed after the answer and the next call reconnects.
+* When not one byte of the request reached the socket — the connection was
+  found closed or reset on the first write, or could not be made — the error
+  is :class:`RequestNotSent`: the function cannot have seen the call, so it
+  may be sent again (on a new connection). :meth:`FnConnection.stale` tells,
+  without blocking, whether an idle connection is already dead.
 """
 
 from __future__ import annotations
 
 import os
+import select
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +50,10 @@ _HOST = (b"host", b"kiln")
 
 class FnProtocolError(Exception):
     """The function's socket broke HTTP: cannot connect, reset, EOF mid-answer, garbage."""
+
+
+class RequestNotSent(FnProtocolError):
+    """Not one byte of the request reached the function: it is safe to send it again."""
 
 
 class ResponseTooLarge(FnProtocolError):
@@ -78,7 +88,7 @@ async def _connect(path: Path) -> trio.SocketStream:
         finally:
             os.close(dir_fd)
     except OSError as e:
-        raise FnProtocolError(f"cannot connect to {path}: {e.strerror or e}") from e
+        raise RequestNotSent(f"cannot connect to {path}: {e.strerror or e}") from e
 
 
 class FnConnection:
@@ -113,6 +123,15 @@ class FnConnection:
     @property
     def broken_reason(self) -> str | None:
         return self._broken
+
+    def stale(self) -> bool:
+        """Whether an idle connection is already dead: the peer closed it, reset it, or
+        sent something unasked (an HTTP server's 408 before closing). No I/O wait."""
+        if self._busy or self._stream is None:
+            return False
+        poller = select.poll()
+        poller.register(self._stream.socket.fileno(), select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
 
     async def aclose(self) -> None:
         """Close the socket (idempotent). Completes even when cancelled."""
@@ -196,14 +215,18 @@ class FnConnection:
             conn.send(h11.EndOfMessage())  # b"" with Content-Length framing
         except h11.LocalProtocolError as e:
             raise FnProtocolError(f"cannot send the request: {e}") from e
+        coalesce = len(body) <= COALESCE_LIMIT
+        first, rest = (head + body, b"") if coalesce else (head, body)
         try:
-            if not body:
-                await stream.send_all(head)
-            elif len(body) <= COALESCE_LIMIT:
-                await stream.send_all(head + body)
-            else:
-                await stream.send_all(head)
-                await stream.send_all(body)
+            sent = await stream.socket.send(first)
+        except OSError as e:
+            # Closed or reset before one byte went out: the function never saw the call.
+            raise RequestNotSent(f"the connection was closed: {e.strerror or e}") from e
+        try:
+            if sent < len(first):
+                await stream.send_all(memoryview(first)[sent:])
+            if rest:
+                await stream.send_all(rest)
             status = 0
             response_headers: list[tuple[bytes, bytes]] = []
             chunks: list[bytes] = []

@@ -37,6 +37,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from kiln.hot.backoff import RestartBackoff
+
 
 def containers_to_start(
     *, waiting: int, idle: int, starting: int, total: int, max_containers: int, min_warm: int
@@ -126,7 +128,16 @@ class Emptied:
     """The last container is gone."""
 
 
-Decision = Start | Hand | Park | Retire | Refuse | Emptied
+@dataclass(frozen=True)
+class WarmAt:
+    """Starts kept for ``min_warm`` are held by the restart backoff until ``deadline``
+    (then tell :meth:`Scheduler.warm_due`)."""
+
+    deadline: float
+    failures: int
+
+
+Decision = Start | Hand | Park | Retire | Refuse | Emptied | WarmAt
 
 
 # ---- the state machine ----------------------------------------------------------
@@ -141,6 +152,7 @@ class Slot:
     idle_since: float = 0.0
     calls: int = 0
     pending: str | None = None  # a retirement waiting for the start or the call to end
+    ready_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +167,10 @@ class Counts:
     start_failures: int
     evicted_total: int
     calls_total: int
+    #: Failures in a row (failed starts, deaths soon after ready); 0 when healthy.
+    consecutive_failures: int = 0
+    #: While the restart backoff holds min_warm starts: until when.
+    restart_held_until: float | None = None
 
 
 class Scheduler:
@@ -178,6 +194,8 @@ class Scheduler:
         self._start_failures = 0
         self._evicted_total = 0
         self._calls_total = 0
+        self.backoff = RestartBackoff()
+        self._warm_at: float | None = None  # the WarmAt deadline last decided
 
     # ---- queries -------------------------------------------------------------
 
@@ -223,6 +241,8 @@ class Scheduler:
             start_failures=self._start_failures,
             evicted_total=self._evicted_total,
             calls_total=self._calls_total,
+            consecutive_failures=self.backoff.failures,
+            restart_held_until=self._warm_at,
         )
 
     def new_waiter(self) -> int:
@@ -258,19 +278,27 @@ class Scheduler:
         slot = self._slots.get(seq)
         if slot is None or slot.phase is not Phase.STARTING:
             return []
+        slot.ready_at = now
         self._started_total += 1
         if slot.pending is not None or self.closed:
             return [self._retire(slot, slot.pending or "function retired")]
         return [self._offer(slot, now)]
 
-    def start_failed(self, seq: int) -> list[Decision]:
-        """The container could not start (or its life ended unexpectedly)."""
+    def start_failed(self, seq: int, now: float | None = None) -> list[Decision]:
+        """The container could not start (its removal follows: tell :meth:`container_removed`).
+
+        With ``now``, it counts towards the restart backoff. Also told when a
+        started container's life ended unexpectedly; it is then simply retiring
+        (no decision: it is being removed already).
+        """
         slot = self._slots.get(seq)
         if slot is None or slot.phase is Phase.RETIRING:
             return []
         if slot.phase is not Phase.STARTING:
             self._retire(slot, slot.pending or "its supervisor lost it")
             return []
+        if now is not None:
+            self.backoff.failed(now)
         self._start_failures += 1
         slot.phase = Phase.RETIRING
         if self._waiters:
@@ -282,18 +310,31 @@ class Scheduler:
         slot = self._slots.get(seq)
         if slot is None or slot.phase is not Phase.BUSY:
             return []
+        if broken is None:
+            self.backoff.reset()  # it served a call: healthy
+            self._warm_at = None
         reason = broken or slot.pending or ("function retired" if self.closed else None)
-        if reason is None and self.live > self.max_containers:
+        # live <= len(_slots): count only when a scale-down may have left surplus
+        if (
+            reason is None
+            and len(self._slots) > self.max_containers
+            and self.live > self.max_containers
+        ):
             reason = f"scaled down to max_containers = {self.max_containers}"
         if reason is not None:
             return [self._retire(slot, reason), *self._starts()]
         return [self._offer(slot, now)]
 
-    def container_died(self, seq: int, reason: str) -> list[Decision]:
-        """The container exited on its own (or was killed from outside)."""
+    def container_died(self, seq: int, reason: str, now: float | None = None) -> list[Decision]:
+        """The container exited on its own (or was killed from outside).
+
+        With ``now``, a death soon after it became ready counts towards the
+        restart backoff (one after a healthy period resets it)."""
         slot = self._slots.get(seq)
         if slot is None or slot.phase is Phase.RETIRING:
             return []
+        if now is not None:
+            self.backoff.died(slot.ready_at, now)
         if slot.phase is Phase.IDLE:
             return [self._retire(slot, reason)]
         if slot.pending is None:
@@ -347,7 +388,7 @@ class Scheduler:
         self.closed = True
         return self._refuse_all(Refusal.SHUTDOWN)
 
-    def container_removed(self, seq: int) -> list[Decision]:
+    def container_removed(self, seq: int, now: float | None = None) -> list[Decision]:
         """``seq`` is gone (on every path): forget it; maybe start a replacement."""
         slot = self._slots.pop(seq, None)
         if slot is None:
@@ -355,7 +396,12 @@ class Scheduler:
         if seq in self._idle:
             self._idle.remove(seq)
         out: list[Decision] = [Emptied()] if not self._slots else []
-        return out + self._starts()
+        return out + self._starts(now)
+
+    def warm_due(self, now: float) -> list[Decision]:
+        """The restart backoff's hold (a :class:`WarmAt`) is over: start what min_warm lacks."""
+        self._warm_at = None
+        return self._starts(now)
 
     # ---- transitions -----------------------------------------------------------
 
@@ -387,21 +433,27 @@ class Scheduler:
         self._waiters.clear()
         return out
 
-    def _starts(self) -> list[Decision]:
+    def _starts(self, now: float | None = None) -> list[Decision]:
         if not self.running or self.closed:
             return []
         starting = sum(
             1 for s in self._slots.values() if s.phase is Phase.STARTING and s.pending is None
         )
+        held = self.backoff.held(now)
         n = containers_to_start(
             waiting=len(self._waiters),
             idle=len(self._idle),
             starting=starting,
             total=self.live,
             max_containers=self.max_containers,
-            min_warm=self.min_warm,
+            min_warm=0 if held else self.min_warm,
         )
         out: list[Decision] = []
+        if held and self.min_warm > self.live + n and self.live + n < self.max_containers:
+            deadline = self.backoff.hold_until
+            if self._warm_at != deadline:
+                self._warm_at = deadline
+                out.append(WarmAt(deadline, self.backoff.failures))
         for _ in range(n):
             seq = self._next_seq
             self._next_seq += 1

@@ -33,7 +33,7 @@ from kiln.containers.runtime import ContainerRuntime
 from kiln.containers.spec import Identity, container_name
 from kiln.fncontract import HttpRequest
 from kiln.functions.spec import FunctionSpec
-from kiln.hot.call import run_call
+from kiln.hot.call import Outcome, run_call
 from kiln.hot.container import HotContainer, Launcher
 from kiln.hot.scheduler import (
     Decision,
@@ -45,6 +45,7 @@ from kiln.hot.scheduler import (
     Retire,
     Scheduler,
     Start,
+    WarmAt,
 )
 from kiln.hot.transport import ListenerTransport, UnixTransport
 from kiln.logs.service import Logs
@@ -76,10 +77,16 @@ class SupervisorStatistics:
     start_failures: int
     evicted_total: int
     calls_total: int
+    #: Failed starts (or deaths soon after ready) in a row; 0 when healthy.
+    consecutive_failures: int = 0
+    #: Seconds until the restart backoff lets min_warm containers start again (0: not held).
+    restart_in: float = 0.0
 
 
 @dataclass
 class HotResult:
+    """A call's answer, or its ``error``; timed either way."""
+
     status: int
     headers: list[tuple[bytes, bytes]]
     body: bytes
@@ -87,6 +94,11 @@ class HotResult:
     queue: float
     start: float
     run: float
+    error: CallError | None = None
+
+
+#: How many more containers a call that never reached its container's listener may try.
+MAX_REDISPATCH = 2
 
 
 class _Waiter:
@@ -141,6 +153,8 @@ class Supervisor:
         self._containers: dict[int, HotContainer] = {}
         self._waiters: dict[int, _Waiter] = {}
         self._emptied: trio.Event | None = None
+        self._warm_at = math.inf  # when the restart backoff lets min_warm starts go
+        self._warm_scope: trio.CancelScope | None = None
 
     # ---- carrying out the scheduler's decisions -----------------------------
 
@@ -166,6 +180,16 @@ class Supervisor:
                 w.event.set()
             elif isinstance(d, Emptied) and self._emptied is not None:
                 self._emptied.set()
+            elif isinstance(d, WarmAt):
+                self._warm_at = d.deadline
+                if self._warm_scope is not None:
+                    self._warm_scope.deadline = d.deadline
+                log.warning(
+                    "fn=%s: %d failed start(s) in a row; the next min_warm start in %.1f s",
+                    self.spec.name,
+                    d.failures,
+                    max(0.0, d.deadline - trio.current_time()),
+                )
 
     def _refusal(self, d: Refuse, error: CallError | None) -> CallError:
         name = self.spec.name
@@ -206,8 +230,15 @@ class Supervisor:
             self._apply(self.scheduler.open())
             task_status.started()
             try:
-                await trio.sleep_forever()
+                while True:
+                    # Asleep until the restart backoff's hold (if any) is over.
+                    with trio.CancelScope(deadline=self._warm_at) as self._warm_scope:
+                        await trio.sleep_forever()
+                    self._warm_scope = None
+                    self._warm_at = math.inf
+                    self._apply(self.scheduler.warm_due(trio.current_time()))
             finally:
+                self._warm_scope = None
                 self._apply(self.scheduler.shutdown())
 
     def retire_all(self, reason: str) -> None:
@@ -232,15 +263,11 @@ class Supervisor:
 
     # ---- what it reports ---------------------------------------------------------
 
-    @property
-    def total(self) -> int:
-        """Live containers, retiring ones excluded (they are on their way out)."""
-        return self.scheduler.live
-
     def statistics(self) -> SupervisorStatistics:
-        return SupervisorStatistics(
-            function=self.spec.name, **dataclasses.asdict(self.scheduler.counts())
-        )
+        counts = dataclasses.asdict(self.scheduler.counts())
+        held_until = counts.pop("restart_held_until")
+        restart_in = 0.0 if held_until is None else max(0.0, held_until - trio.current_time())
+        return SupervisorStatistics(function=self.spec.name, restart_in=restart_in, **counts)
 
     def containers(self) -> list[ContainerInfo]:
         now = trio.current_time()
@@ -306,13 +333,43 @@ class Supervisor:
         headers: Iterable[tuple[bytes, bytes]],
         http: HttpRequest | None = None,
     ) -> HotResult:
-        """Run one call on a hot container. Raises CallError with the caller's status."""
+        """Run one call on a hot container; a failed call comes back with ``error`` set
+        (and its real timings). Raises CallError when no container could be had.
+
+        A call that never reached its container (the listener could not be
+        reached again: the container is replaced) goes to another container, up
+        to :data:`MAX_REDISPATCH` times.
+        """
         t0 = trio.current_time()
+        headers = list(headers)
         c, waited, first = await self._acquire()
         t_got = trio.current_time()
         cold = waited and first
         start = (c.ready_at - max(t0, c.created_at)) if cold else 0.0
         queue = (t_got - t0) - start
+        for attempt in range(MAX_REDISPATCH + 1):
+            if attempt:
+                log.warning("fn=%s call %s: sent to another container", self.spec.name, call_id)
+                c, _, _ = await self._acquire()
+                t_got = trio.current_time()
+            outcome = await self._call_on(c, call_id, body, headers, http)
+            if not outcome.undelivered:
+                break
+        run = trio.current_time() - t_got
+        if outcome.error is not None:
+            return HotResult(outcome.error.status, [], b"", cold, queue, start, run, outcome.error)
+        answer = outcome.answer
+        assert answer is not None
+        return HotResult(answer.status, answer.headers, answer.body, cold, queue, start, run)
+
+    async def _call_on(
+        self,
+        c: HotContainer,
+        call_id: str,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]],
+        http: HttpRequest | None,
+    ) -> Outcome:
         c.begin_call(call_id)
         c.calls += 1
         broken: str | None = "call cancelled"
@@ -321,7 +378,7 @@ class Supervisor:
                 self.spec, c, call_id, body, headers, http, max_response=self.launcher.max_response
             )
             if outcome.lost and outcome.error is not None:
-                why = await self.launcher.why_lost(c, outcome.error)
+                why = await self.launcher.why_lost(c, outcome.error, call_id)
                 outcome = dataclasses.replace(outcome, error=why)
             broken = outcome.broken
         finally:
@@ -329,19 +386,7 @@ class Supervisor:
                 await self.launcher.kill(c)
             c.end_call()
             self._apply(self.scheduler.call_done(c.seq, trio.current_time(), broken))
-        if outcome.error is not None:
-            raise outcome.error
-        answer = outcome.answer
-        assert answer is not None
-        return HotResult(
-            status=answer.status,
-            headers=answer.headers,
-            body=answer.body,
-            cold=cold,
-            queue=queue,
-            start=start,
-            run=trio.current_time() - t_got,
-        )
+        return outcome
 
     # ---- one container's life ---------------------------------------------------
 
@@ -354,17 +399,17 @@ class Supervisor:
                     log.warning(
                         "fn=%s container %s failed to start: %s", self.spec.name, c.name, e.message
                     )
-                    self._apply(self.scheduler.start_failed(c.seq), e)
+                    self._apply(self.scheduler.start_failed(c.seq, trio.current_time()), e)
                 except Exception as e:
                     # A bug must not take the whole supervisor (and daemon) down with it.
                     log.exception("fn=%s container %s: unexpected error", self.spec.name, c.name)
                     error = CallError(f"internal error starting a container: {e!r}")
-                    self._apply(self.scheduler.start_failed(c.seq), error)
+                    self._apply(self.scheduler.start_failed(c.seq, trio.current_time()), error)
         finally:
             del self._containers[c.seq]
             if c.retire_reason:
                 log.info("fn=%s container %s removed: %s", self.spec.name, c.name, c.retire_reason)
-            self._apply(self.scheduler.container_removed(c.seq))
+            self._apply(self.scheduler.container_removed(c.seq, trio.current_time()))
 
     async def _reserved_life(self, c: HotContainer) -> None:
         """Reserve its memory, start it, serve until retired. Raises CallError if it cannot start."""
@@ -393,4 +438,8 @@ class Supervisor:
             self._apply(self.scheduler.idle_expired(c.seq, trio.current_time()))
 
     def _on_exit(self, c: HotContainer) -> None:
-        self._apply(self.scheduler.container_died(c.seq, f"container exited (code {c.exit_code})"))
+        self._apply(
+            self.scheduler.container_died(
+                c.seq, f"container exited (code {c.exit_code})", trio.current_time()
+            )
+        )

@@ -4,8 +4,12 @@
   one stale-socket rule; the connection cap derived from ``RLIMIT_NOFILE``.
 - :mod:`kiln.http.server` — ``serve_asgi``: accept loops, the connection loop,
   the limits the server enforces itself, shutdown.
+- :mod:`kiln.http.capacity` — the connection cap: who may be evicted to make
+  room, in which order, and when accepting waits.
 - :mod:`kiln.http.cycle` — one request/response exchange (ASGI ``receive`` and
   ``send``) as an explicit state machine.
+- :mod:`kiln.http.messages` — the ASGI scope of a request; the server's own
+  error responses.
 - :mod:`kiln.http.asgi` — what the apps share: ASGI types, the JSON error body,
   the request-body reader.
 """

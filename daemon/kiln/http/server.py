@@ -68,11 +68,12 @@ from typing import Any
 
 import h11
 import trio
-from trio.lowlevel import ParkingLot
 
 from kiln.http.asgi import ASGIApp
-from kiln.http.cycle import READ_SIZE, Cycle, Outcome, Refusal, error_response, make_scope
+from kiln.http.capacity import EVICTED, Capacity, Handle
+from kiln.http.cycle import READ_SIZE, Cycle, Outcome
 from kiln.http.listeners import default_max_connections, format_bind
+from kiln.http.messages import error_response, make_scope
 
 log = logging.getLogger("kiln.http")
 
@@ -139,7 +140,7 @@ async def serve_asgi(
                 acceptors.cancel_scope.cancel()
             for listener in listeners:
                 await trio.aclose_forcefully(listener)
-            server.close_idle()
+            server.capacity.close_idle()
             connections.cancel_scope.deadline = min(
                 connections.cancel_scope.deadline, trio.current_time() + grace
             )
@@ -169,105 +170,27 @@ class LogThrottle:
         return held
 
 
-class _Connection:
-    """What the server may do to one connection from outside its task: evict it."""
-
-    __slots__ = ("cycle", "evicted", "head_scope")
-
-    def __init__(self) -> None:
-        self.head_scope: trio.CancelScope | None = None  # waiting for a request head
-        self.cycle: Cycle | None = None  # a request whose body is not read yet
-        #: Sticky: a head that arrived whole in the read the eviction raced with
-        #: still closes the connection.
-        self.evicted = False
-
-    def evict(self) -> None:
-        self.evicted = True
-        if self.head_scope is not None:
-            self.head_scope.cancel()
-        if self.cycle is not None:
-            self.cycle.refuse(
-                Refusal(
-                    503, "overloaded", "too many connections: a slow one was closed", linger=False
-                )
-            )
-
-
 class _Server:
-    __slots__ = (
-        "accept_log",
-        "app",
-        "closed",
-        "evictable",
-        "idle",
-        "limits",
-        "max_connections",
-        "open",
-        "pending_accepts",
-        "reading",
-        "shutdown",
-    )
+    __slots__ = ("accept_log", "app", "capacity", "limits", "shutdown")
 
     def __init__(self, app: ASGIApp, shutdown: trio.Event, limits: Limits) -> None:
         self.app = app
         self.shutdown = shutdown
         self.limits = limits
-        self.max_connections = limits.max_connections or default_max_connections()
-        self.open = 0
-        #: Connections waiting for a request, not one byte of it received (oldest first).
-        self.idle: dict[_Connection, None] = {}
-        #: Connections receiving a request head or body (oldest first).
-        self.reading: dict[_Connection, None] = {}
-        self.closed = ParkingLot()  # a connection closed
-        self.evictable = ParkingLot()  # a connection closed or became evictable
+        self.capacity = Capacity(limits.max_connections or default_max_connections())
         self.accept_log = LogThrottle(ACCEPT_LOG_INTERVAL)
-        #: Cancel scopes of accept() calls waiting (one per listener).
-        self.pending_accepts: set[trio.CancelScope] = set()
-
-    def close_idle(self) -> None:
-        for handle in list(self.idle):
-            handle.evict()
-
-    def _evict_one(self) -> bool:
-        """Evict the connection that waited longest for its client: idle first."""
-        for group in (self.idle, self.reading):
-            if group:
-                handle = next(iter(group))
-                del group[handle]
-                handle.evict()
-                return True
-        return False
-
-    def _set_phase(self, handle: _Connection, group: dict[_Connection, None] | None) -> None:
-        """Move ``handle`` into ``group`` (idle, reading or None: busy)."""
-        self.idle.pop(handle, None)
-        self.reading.pop(handle, None)
-        if group is not None and not handle.evicted:
-            group[handle] = None
-            self.evictable.unpark_all()
-        elif self._full():
-            for scope in self.pending_accepts:
-                scope.cancel()  # nothing left to evict: stop accepting for now
-
-    def _full(self) -> bool:
-        """At the cap with every connection busy with a request: accept nothing."""
-        return self.open >= self.max_connections and not (self.idle or self.reading)
 
     # ---------------------------------------------------------------- accepting
 
     async def accept_loop(
         self, listener: trio.abc.Listener[trio.abc.Stream], nursery: trio.Nursery
     ) -> None:
+        capacity = self.capacity
         while True:
-            while self._full():
-                await self.evictable.park()  # every connection is busy with a request
+            await capacity.wait_for_room()  # every connection is busy with a request
             try:
-                with trio.CancelScope() as scope:
-                    self.pending_accepts.add(scope)
-                    try:
-                        stream = await listener.accept()
-                    finally:
-                        self.pending_accepts.discard(scope)
+                with capacity.accepting() as scope:
+                    stream = await listener.accept()
                 if scope.cancelled_caught:
                     continue  # became full meanwhile
             except OSError as e:
@@ -279,35 +202,35 @@ class _Server:
                     log.warning(
                         "accept: %s with %d connection(s) open; backing off%s",
                         e.strerror or e,
-                        self.open,
+                        capacity.open,
                         more,
                     )
-                self._evict_one()
+                capacity.evict_one()
                 with trio.move_on_after(ACCEPT_BACKOFF):
-                    await self.closed.park()
+                    await capacity.wait_for_a_close()
                 continue
-            if self.open >= self.max_connections:
-                self._evict_one()
-            self.open += 1
-            nursery.start_soon(self.connection, stream)
+            nursery.start_soon(self.connection, stream, capacity.opened())
 
     # ---------------------------------------------------------------- one connection
 
-    async def connection(self, stream: trio.abc.Stream) -> None:
+    async def connection(self, stream: trio.abc.Stream, handle: Handle) -> None:
         """Serve one connection until it closes; never raises but ``Cancelled``."""
         limits = self.limits
+        capacity = self.capacity
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head)
         client, server = _addresses(stream)
-        handle = _Connection()
         linger = False
         try:
             while True:
                 event = await self._next_request(conn, stream, handle)
-                if event is None or handle.evicted:
+                if event is None:
                     return
+                if handle.evicted and isinstance(event, h11.Request):
+                    # evicted as its head arrived: tell the client, do not serve it
+                    event = error_response(503, "overloaded", EVICTED)
                 if not isinstance(event, h11.Request):
                     await stream.send_all(event)
-                    linger = True
+                    linger = not handle.evicted  # an evicted one frees its descriptor now
                     return
                 cycle = Cycle(
                     conn,
@@ -318,14 +241,14 @@ class _Server:
                 )
                 if _has_body(event):
                     handle.cycle = cycle
-                    cycle.on_body_read = lambda: self._set_phase(handle, None)
+                    cycle.on_body_read = lambda: capacity.busy_now(handle)
                 else:
-                    self._set_phase(handle, None)
+                    capacity.busy_now(handle)
                 try:
                     outcome = await cycle.run(self.app, make_scope(event, client, server))
                 finally:
                     handle.cycle = None
-                    self._set_phase(handle, None)
+                    capacity.busy_now(handle)
                 if outcome is not Outcome.KEEP:
                     linger = outcome is Outcome.LINGER
                     return
@@ -334,18 +257,16 @@ class _Server:
         except Exception:
             log.exception("HTTP connection from %s failed", client)
         finally:
-            self._set_phase(handle, None)
+            capacity.busy_now(handle)
             try:
                 if linger:
                     await _linger(stream)
             finally:
                 await trio.aclose_forcefully(stream)
-                self.open -= 1
-                self.closed.unpark_all()
-                self.evictable.unpark_all()
+                capacity.closed(handle)
 
     async def _next_request(
-        self, conn: h11.Connection, stream: trio.abc.Stream, handle: _Connection
+        self, conn: h11.Connection, stream: trio.abc.Stream, handle: Handle
     ) -> h11.Request | bytes | None:
         """The next request head; an error response (bytes) to send before closing;
         None if the connection is to close (EOF, reset, keep-alive timeout,
@@ -355,7 +276,7 @@ class _Server:
         with trio.move_on_after(self.limits.keep_alive_timeout) as scope:
             eof = False
             handle.head_scope = scope
-            self._set_phase(handle, self.idle)
+            self.capacity.idle_now(handle)
             try:
                 while True:
                     try:
@@ -375,8 +296,8 @@ class _Server:
                             return None
                         if not data:
                             eof = True
-                        elif handle in self.idle:
-                            self._set_phase(handle, self.reading)
+                        elif handle in self.capacity.idle:
+                            self.capacity.reading_now(handle)
                         conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes bytearray too
                     elif isinstance(event, h11.Request):
                         return self._check_head(event) or event

@@ -8,10 +8,11 @@ structured fields, so ``journalctl KILN_FUNCTION=echo`` or
     MESSAGE=echo call=5f2c… stderr: the text    PRIORITY=6 (stdout) / 5 (stderr)
     SYSLOG_IDENTIFIER=kiln  KILN_FUNCTION  KILN_CALL_ID  KILN_CONTAINER  KILN_STREAM
 
-Elsewhere lines go through Python logging to stderr as
-``fn=NAME call=ID container=… stream: text``. The socket is non-blocking: when
-journald cannot keep up, lines are counted as dropped instead of stalling the
-daemon (they are still in the in-memory store).
+Elsewhere lines go to stderr in the daemon's log format, as
+``… INFO kiln.fn: fn=NAME call=ID container=… stream: text``, one write per
+batch. The socket is non-blocking: when journald cannot keep up, lines are
+counted as dropped instead of stalling the daemon (they are still in the
+in-memory store).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -32,7 +34,7 @@ log = logging.getLogger("kiln.fn")
 
 
 class Forwarder(Protocol):
-    def send(self, line: LogLine) -> None: ...
+    def send(self, lines: Sequence[LogLine]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -96,40 +98,61 @@ class JournalForwarder:
         self.dropped = 0
         self._warned = False
 
-    def send(self, line: LogLine) -> None:
-        try:
-            self.sock.send(encode_entry(line_fields(line)))
-        except BlockingIOError:
-            self.dropped += 1
-        except OSError as e:
-            self.dropped += 1
-            if not self._warned and e.errno not in (errno.EAGAIN,):
-                self._warned = True
-                log.warning("cannot send function lines to journald at %s: %s", self.path, e)
+    def send(self, lines: Sequence[LogLine]) -> None:
+        # One datagram per entry: the protocol has no batches.
+        for line in lines:
+            try:
+                self.sock.send(encode_entry(line_fields(line)))
+            except BlockingIOError:
+                self.dropped += 1
+            except OSError as e:
+                self.dropped += 1
+                if not self._warned and e.errno not in (errno.EAGAIN,):
+                    self._warned = True
+                    log.warning("cannot send function lines to journald at %s: %s", self.path, e)
 
     def close(self) -> None:
         self.sock.close()
 
 
-class StderrForwarder:
-    """Through Python logging (the daemon's stderr), fields as ``key=value``."""
+def stderr_line(asctime: str, line: LogLine) -> str:
+    """The daemon's log format (``%(asctime)s %(levelname)s %(name)s: %(message)s``)."""
+    return (
+        f"{asctime} INFO kiln.fn: fn={line.function} call={line.call or '-'} "
+        f"container={line.container} {line.stream}: {line.text}\n"
+    )
 
-    def send(self, line: LogLine) -> None:
-        log.info(
-            "fn=%s call=%s container=%s %s: %s",
-            line.function,
-            line.call or "-",
-            line.container,
-            line.stream,
-            line.text,
+
+class StderrForwarder:
+    """To the daemon's stderr in its log format, a batch per write (when the
+    ``kiln.fn`` logger is enabled for INFO, as Python logging would decide)."""
+
+    def __init__(self, fd: int = 2) -> None:
+        self.fd = fd
+        self.failed = False
+
+    def send(self, lines: Sequence[LogLine]) -> None:
+        if self.failed or not log.isEnabledFor(logging.INFO):
+            return
+        now = time.time()
+        asctime = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now % 1 * 1000):03d}"
         )
+        data = "".join([stderr_line(asctime, line) for line in lines]).encode("utf-8", "replace")
+        try:
+            while data:
+                data = data[os.write(self.fd, data) :]
+        except BlockingIOError:
+            pass  # a full non-blocking pipe: the lines are in the store
+        except OSError:
+            self.failed = True  # stderr is gone: nowhere to report it either
 
     def close(self) -> None:
         pass
 
 
 class NoForwarder:
-    def send(self, line: LogLine) -> None:
+    def send(self, lines: Sequence[LogLine]) -> None:
         pass
 
     def close(self) -> None:

@@ -120,7 +120,8 @@ class Logs:
     ) -> None:
         """Admit, store and send on a batch of ``(call, stream, text)`` lines."""
         limiter = self._limiter(function)
-        store, hub, fwd, mirror = self.store, self.hub, self.forwarder, self.mirror
+        store, hub, mirror = self.store, self.hub, self.mirror
+        sent: list[LogLine] = []
         for call, stream, text in lines:
             if not limiter.admit(now):
                 continue
@@ -132,9 +133,11 @@ class Logs:
             line = store.add(function, container, call, stream, text, wall)
             self.lines_total += 1
             hub.publish(line)
-            fwd.send(line)
+            sent.append(line)
             if mirror is not None:
                 mirror.write(line)
+        if sent:
+            self.forwarder.send(sent)
         if mirror is not None:
             mirror.flush()
 
@@ -149,7 +152,7 @@ class Logs:
     ) -> None:
         line = self.store.add(function, container, call, stream, text, wall)
         self.hub.publish(line)
-        self.forwarder.send(line)
+        self.forwarder.send([line])
         if self.mirror is not None:
             self.mirror.write(line)
 
@@ -267,9 +270,11 @@ class ContainerLog:
                 continue
             out.append((self._attribute(st, now), name, line_text(raw, cut)))
 
-    def tail_text(self, lines: int = ERROR_TAIL_LINES) -> str:
-        """The last lines this container wrote, for an error message."""
-        picked = self.logs.query(self.function, Query(container=self.container, tail=lines))
+    def tail_text(self, lines: int = ERROR_TAIL_LINES, *, call: str | None = None) -> str:
+        """The last lines this container wrote (during ``call`` only, if given), for an
+        error message."""
+        q = Query(container=self.container, call=call, tail=lines)
+        picked = self.logs.query(self.function, q)
         text = "\n".join(line.text for line in picked if line.stream != KILN)
         return text[-ERROR_TAIL_BYTES:]
 

@@ -160,3 +160,66 @@ async def test_caller_disconnects_during_a_slow_create(
             gone.set()
         assert s.fake.created_total == 1
         assert_clean(s)
+
+
+HOT = functions(
+    hot={
+        "image": "fnimage",
+        "cmd": ["hot_echo"],
+        "format": "http-stream",
+        "memory": "128MiB",
+        "idle_timeout": 3600,
+    },
+    echo={"image": "busybox", "cmd": ["cat"], "memory": "128MiB"},
+)
+
+
+async def test_docker_down_hot_containers_keep_serving(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with stack(HOT, queue_wait=1) as s:
+        assert (await request(s.app, "POST", "/invoke/hot", b"a")).status == 200
+        [cid] = [c.id for c in s.fake.live()]
+        s.fake.down()  # dockerd dies; containerd keeps the container running
+        await trio.sleep(30)  # its /wait stream broke long ago
+        served = await request(s.app, "POST", "/invoke/hot", b"b")
+        assert served.status == 200
+        assert served.body == b"b"
+        # a second container, or a stdio call, needs Docker: 503, and their creates,
+        # which never reached Docker, are not handed to the janitor
+        replies: list[Reply] = []
+        async with trio.open_nursery() as nursery:
+            for name in ("hot", "hot", "echo"):
+                nursery.start_soon(_collect, replies, s, name)
+        codes = sorted(
+            (r.status, r.json()["error"]["code"] if r.status != 200 else "") for r in replies
+        )
+        assert codes == [(200, ""), (503, "docker_unavailable"), (503, "docker_unavailable")]
+        assert s.janitor.pending == 0
+        s.fake.up()
+        await trio.sleep(10)  # the /wait is asked again on its backoff, and answers
+        assert (await request(s.app, "POST", "/invoke/hot", b"c")).status == 200
+        assert [c.id for c in s.fake.live()] == [cid]
+        # once Docker is back, a container that died meanwhile is noticed and replaced
+        s.fake.kill_container(cid)
+        await trio.sleep(1)
+        assert (await request(s.app, "POST", "/invoke/hot", b"d")).status == 200
+        assert s.janitor.pending == 0
+
+
+PICKY = functions(picky={"image": "fnimage", "cmd": ["hot_picky"], "format": "http-stream"})
+
+
+async def test_a_request_the_fdk_refuses_does_not_kill_the_container(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with stack(PICKY) as s:
+        assert (await request(s.app, "POST", "/invoke/picky", b"a")).status == 200
+        [cid] = [c.id for c in s.fake.live()]
+        many = [(b"x-h%d" % i, b"v") for i in range(20)]
+        refused = await request(s.app, "POST", "/invoke/picky", b"b", headers=many)
+        assert refused.status == 431
+        assert refused.json()["error"]["code"] == "request_rejected"
+        assert (await request(s.app, "POST", "/invoke/picky", b"c")).status == 200
+        assert [c.id for c in s.fake.live()] == [cid]  # the same container, never killed
+        assert s.fake.created_total == 1
