@@ -36,7 +36,14 @@ if ! command -v promtool >/dev/null || ! command -v nginx >/dev/null || ! comman
   made_policy=0
   if [[ ! -e "$POLICY" ]]; then printf '#!/bin/sh\nexit 101\n' >"$POLICY"; chmod +x "$POLICY"; made_policy=1; fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus nginx-light openssl >/dev/null
-  [[ $made_policy -eq 1 ]] && rm -f "$POLICY"
+  if [[ $made_policy -eq 1 ]]; then rm -f "$POLICY"; fi
+fi
+
+# A real browser engine for the CORS test: a page on one origin calls Kiln on another.
+if ! command -v chromium >/dev/null; then
+  log "installing chromium (headless, for the CORS browser test)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
 # The async queue's PostgreSQL store is tested against a real server the tests start

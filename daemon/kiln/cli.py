@@ -526,9 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_invoke)
     p = client("calls", "async calls, newest first")
     p.add_argument("--function", help="only this function's")
-    p.add_argument(
-        "--state", choices=["queued", "running", "succeeded", "failed", "cancelled"]
-    )
+    p.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_calls)
     p = client("call", "one async call (--wait: until done, then print its result)")

@@ -42,6 +42,7 @@ __all__ = [
 
 AUTH_MODES = ("none", "token")
 FORWARD_MODES = ("auto", "journal", "stderr", "off")
+DOCKER_LOG_DRIVERS = ("none", "json-file", "local")
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class LogsConfig:
     file_size: int = 10 * MiB
     file_count: int = 5
     forward: str = "auto"  # function lines in the daemon's log: auto | journal | stderr | off
+    docker_driver: str = "none"  # dockerd's own copy: none | json-file | local
 
 
 @dataclass(frozen=True)
@@ -231,6 +233,7 @@ def _logs(t: Table) -> LogsConfig:
         file_size=t.size("file_size", d.file_size, minimum=4096),
         file_count=t.integer("file_count", d.file_count, minimum=1),
         forward=t.string("forward", d.forward, choices=FORWARD_MODES),
+        docker_driver=t.string("docker_driver", d.docker_driver, choices=DOCKER_LOG_DRIVERS),
     )
     t.done()
     return out

@@ -129,7 +129,7 @@ class Daemon:
             async_fraction=limits.async_fraction,
         )
         janitor = Janitor(docker)
-        runtime = ContainerRuntime(docker, janitor=janitor)
+        runtime = ContainerRuntime(docker, janitor=janitor, log_driver=config.logs.docker_driver)
         supervisors = Supervisors(
             runtime=runtime,
             memory=memory,

@@ -326,3 +326,80 @@ def test_through_nginx_with_tls_and_http2(
         if line.lower().startswith("kiln-call-id:")
     )
     assert kiln.wait_log(f"id={call_id} status=200 client=203.0.113.7,127.0.0.1,127.0.0.1")
+
+
+PAGE = """<!doctype html><html><body>waiting<script>
+async function call(name) {
+  try {
+    const r = await fetch("KILN/invoke/" + name, {
+      method: "POST",
+      body: "from the browser",
+      headers: {"Content-Type": "text/plain", "X-Test": "preflighted"},
+    });
+    return "status=" + r.status + " body=" + (await r.text()) + " call=" + r.headers.get("Kiln-Call-Id");
+  } catch (e) {
+    return "failed: " + e;
+  }
+}
+(async () => {
+  const web = await call("web");
+  const closed = await call("closed");
+  document.body.textContent = "WEB[" + web + "] CLOSED[" + closed + "]";
+})();
+</script></body></html>"""
+
+
+def test_cors_in_a_real_browser(start_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    """A page on one origin calls Kiln on another with fetch(): the allowed
+    function answers (after a preflight, for the custom header), the other is
+    blocked by the browser."""
+    import http.server
+    import threading
+
+    chromium = need("chromium", "chromium")
+    page_port = free_port()
+    origin = f"http://127.0.0.1:{page_port}"
+    kiln = start_daemon({"web": {**ECHO, "cors_origins": [origin]}, "closed": ECHO})
+    (tmp_path / "index.html").write_text(PAGE.replace("KILN", kiln.url))
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a: object, **kw: object) -> None:
+            super().__init__(*a, directory=str(tmp_path), **kw)  # type: ignore[arg-type]
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", page_port), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        out = subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-default-apps",
+                "--no-default-browser-check",
+                "--disable-domain-reliability",
+                f"--user-data-dir={tmp_path / 'profile'}",
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+                f"{origin}/index.html",
+            ],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    dom = out.stdout.decode()
+    assert "WEB[status=200 body=from the browser call=" in dom, dom + out.stderr.decode()[-2000:]
+    assert "CLOSED[failed: TypeError: Failed to fetch]" in dom, dom
+    # the preflight reached Kiln; the blocked one never got to run its call
+    assert kiln.wait_log("call fn=web")
+    assert "call fn=closed" not in kiln.log()

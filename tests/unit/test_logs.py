@@ -329,3 +329,16 @@ def test_fdk_writes_fn_log_frames_when_asked() -> None:
     assert fdk.log_frame({"fn-call-id": "abc"}, {}) is None
     assert fdk.log_frame({}, env) is None
     assert fdk.log_frame({"fn-call-id": "a\nb"}, env) is None
+
+
+def test_docker_log_driver_choice() -> None:
+    from kiln.config import parse
+    from kiln.containers.runtime import docker_log_config
+
+    assert docker_log_config("none") == {"Type": "none", "Config": {}}
+    assert docker_log_config("json-file") == {
+        "Type": "json-file",
+        "Config": {"max-size": "1m", "max-file": "1"},
+    }
+    assert parse({}).logs.docker_driver == "none"
+    assert parse({"logs": {"docker_driver": "local"}}).logs.docker_driver == "local"

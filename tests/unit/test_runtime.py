@@ -16,6 +16,7 @@ from kiln.config import parse
 from kiln.containers.janitor import Janitor
 from kiln.containers.runtime import (
     CLEANUP_TIMEOUT,
+    Box,
     ContainerRuntime,
     call_error,
     docker_failures,
@@ -158,4 +159,20 @@ async def test_kill_never_raises(autojump_clock: trio.testing.MockClock) -> None
             del fake.fail["kill"]
             await runtime.kill(box)
             assert await runtime.wait(box) == 137
+        assert fake.containers == {}
+
+
+async def test_a_stream_error_inside_attach_reaches_the_caller_mapped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def read(runtime: ContainerRuntime, box: Box) -> None:
+        async with runtime.attach(box):
+            raise DockerUnreachable("the attach stream broke")
+
+    async with engine() as (fake, runtime, _):
+        async with runtime.claim(SPEC, "kiln-test-f") as box:
+            await runtime.create(box, CONFIG)
+            with pytest.raises(Unavailable) as caught:
+                await read(runtime, box)
+            assert caught.value.code == "docker_unavailable"
         assert fake.containers == {}

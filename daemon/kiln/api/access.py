@@ -119,7 +119,9 @@ class AccessGate:
             await _answer(
                 send,
                 401,
-                error_body("unauthorized", "the token is not valid (unknown, revoked or malformed)"),
+                error_body(
+                    "unauthorized", "the token is not valid (unknown, revoked or malformed)"
+                ),
                 [*extra, (b"www-authenticate", _CHALLENGE + b', error="invalid_token"')],
             )
         return False

@@ -268,7 +268,7 @@ class Operations:
                 ) from e
         ignored = [
             section
-            for section in ("daemon", "docker", "limits")
+            for section in ("daemon", "docker", "limits", "logs", "metrics")
             if getattr(config, section) != getattr(self.config, section)
         ]
         async with self._lock:

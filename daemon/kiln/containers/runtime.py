@@ -27,7 +27,7 @@ containers live as ::
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +46,6 @@ from kiln.docker import (
     DockerNotFound,
     DockerTimeout,
     DockerUnreachable,
-    Message,
     Stream,
 )
 from kiln.functions.spec import FunctionSpec
@@ -57,8 +56,6 @@ log = logging.getLogger("kiln.containers")
 CLEANUP_TIMEOUT = 30.0
 #: How long killing a container may take.
 KILL_TIMEOUT = 10.0
-#: How long fetching the tail of a container's log may take.
-LOG_TAIL_TIMEOUT = 5.0
 #: Retry-After (seconds) when Docker is down or not answering.
 DOCKER_RETRY_AFTER = 5.0
 
@@ -95,6 +92,18 @@ def docker_failures(spec: FunctionSpec) -> Iterator[None]:
         raise call_error(e, spec) from e
 
 
+def docker_log_config(driver: str) -> dict[str, Any]:
+    """``HostConfig.LogConfig`` for Kiln's containers (``[logs] docker_driver``).
+
+    Kiln reads containers' output itself (the attach stream, :mod:`kiln.logs`), so
+    by default dockerd keeps no copy (``none``: ``docker logs`` has nothing to
+    show). ``json-file`` or ``local`` keep a small one (1 MiB) for ``docker logs``,
+    at the cost of dockerd writing every line to disk."""
+    if driver == "none":
+        return {"Type": "none", "Config": {}}
+    return {"Type": driver, "Config": {"max-size": "1m", "max-file": "1"}}
+
+
 @dataclass(eq=False)
 class Box:
     """One container claimed for a function: its name always, its id once Docker gave it."""
@@ -113,9 +122,12 @@ class Box:
 class ContainerRuntime:
     """Creates, starts, kills and removes containers over one Docker client."""
 
-    def __init__(self, docker: Docker, *, janitor: Janitor | None = None) -> None:
+    def __init__(
+        self, docker: Docker, *, janitor: Janitor | None = None, log_driver: str = "none"
+    ) -> None:
         self.docker = docker
         self.janitor = janitor
+        self.log_config = docker_log_config(log_driver)
 
     @asynccontextmanager
     async def claim(self, spec: FunctionSpec, name: str) -> AsyncIterator[Box]:
@@ -128,6 +140,7 @@ class ContainerRuntime:
                 await self.remove(box)
 
     async def create(self, box: Box, config: Mapping[str, Any]) -> str:
+        config = {**config, "HostConfig": {**config["HostConfig"], "LogConfig": self.log_config}}
         box.create_sent = True
         with docker_failures(box.spec):
             try:
@@ -146,8 +159,8 @@ class ContainerRuntime:
 
     @asynccontextmanager
     async def attach(self, box: Box) -> AsyncIterator[Stream]:
-        """The container's stdio (attach before start). Stream errors stay Docker's:
-        wrap their use in :func:`docker_failures`."""
+        """The container's stdio (attach before start). A DockerError the stream
+        raises inside the block leaves it as the caller's :class:`CallError`."""
         container = self.docker.containers.container(box.ref)
         with docker_failures(box.spec):
             async with container.attach(stdin=True, stdout=True, stderr=True, tty=False) as stream:
@@ -166,29 +179,6 @@ class ContainerRuntime:
         with docker_failures(box.spec):
             state = (await self.docker.containers.container(box.ref).show()).get("State", {})
         return bool(state.get("OOMKilled"))
-
-    async def follow_logs(self, box: Box, on_frame: Callable[[Message], None]) -> None:
-        """Hand each output frame to ``on_frame`` until the container exits or the
-        stream breaks (then it returns). Never raises."""
-        container = self.docker.containers.container(box.ref)
-        try:
-            async for message in container.log_messages(follow=True):
-                on_frame(message)
-        except DockerError as e:
-            log.debug("container %s of %s: log stream ended: %s", box.name, box.spec.name, e)
-
-    async def log_tail(self, box: Box, lines: int = 20) -> str | None:
-        """The last lines the container wrote, or None if Docker cannot say soon. Never raises."""
-        with trio.move_on_after(LOG_TAIL_TIMEOUT):
-            out, err = bytearray(), bytearray()
-            try:
-                container = self.docker.containers.container(box.ref)
-                async for message in container.log_messages(tail=lines):
-                    (out if message.stream == 1 else err).extend(message.data)
-            except DockerError:
-                return None
-            return (out + err).decode("utf-8", "replace").strip()[-2000:]
-        return None
 
     async def kill(self, box: Box) -> None:
         """Kill the container, shielded and bounded. Never raises (its removal follows)."""
