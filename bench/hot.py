@@ -221,7 +221,14 @@ def fdk_table(seconds: float) -> None:
     results: dict[str, dict[str, float]] = {}
     with (
         tempfile.TemporaryDirectory() as run_dir,
-        kiln_daemon(fns, daemon={"run_dir": run_dir}) as (url, proc, daemon_id),
+        kiln_daemon(
+            fns,
+            daemon={
+                "run_dir": run_dir,
+                "state_dir": f"{run_dir}/state",
+                "control_socket": f"{run_dir}/control.sock",
+            },
+        ) as (url, proc, daemon_id),
     ):
         for label in FDKS:
             results[label] = trio.run(

@@ -298,6 +298,8 @@ async def run_daemon(
                 # Cancel the tree: servers stop, calls still running are cancelled, and
                 # every container task removes its container (shielded, bounded).
                 root.cancel_scope.cancel()
+            # Removals Docker refused a moment ago (it was down): one last try.
+            await daemon.janitor.flush()
             if daemon.asyncq is not None:
                 await daemon.asyncq.store.close()
     finally:

@@ -392,3 +392,24 @@ async def test_accepts_are_committed_in_groups(autojump_clock: trio.testing.Mock
         # a key repeated inside one group still maps to one call
         ids = {r.json()["id"] for r in replies}
         assert len(ids) == 40
+
+
+async def test_the_callers_request_is_kept(autojump_clock: trio.testing.MockClock) -> None:
+    async with async_stack() as s:
+        r = await request(
+            s.app,
+            "PUT",
+            "/invoke/echo/sub/path?x=1",
+            b"b",
+            headers=[*ASYNC, (b"x-thing", b"yes"), (b"idempotency-key", b"k")],
+        )
+        assert r.status == 202
+        assert s.daemon.asyncq is not None
+        rec = await s.daemon.asyncq.get(r.headers["kiln-call-id"])
+        assert rec is not None
+        assert (b":method", b"PUT") in rec.headers
+        assert (b":url", b"/sub/path?x=1") in rec.headers
+        assert (b"x-thing", b"yes") in rec.headers
+        names = {k for k, _ in rec.headers}
+        assert b"kiln-invoke-type" not in names
+        assert b"idempotency-key" not in names

@@ -225,3 +225,27 @@ def test_postgres_schema_version_check() -> None:
         c.execute("UPDATE kiln_meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(StoreError, match="schema version 99"):
         PostgresStore(dsn)
+
+
+def test_accept_many_and_finish_many(store: Store) -> None:
+    from kiln.asyncq.store import Accepted, FinishItem
+
+    a, b, c = new(key="same"), new(key="same"), new()
+    out = store.accept_many([a, b, c], queue_max=2)
+    assert isinstance(out[0], Accepted)
+    assert out[0].created
+    assert isinstance(out[1], Accepted)
+    assert not out[1].created  # the same key inside one group: the first call
+    assert out[1].record.id == a.id
+    assert isinstance(out[2], Accepted)
+    assert out[2].created
+    claimed = store.claim(host="h", now=2000.0, lease=30, exclude=(), limit=5)
+    assert {r.id for r in claimed} == {a.id, c.id}
+    done = store.finish_many(
+        [
+            FinishItem(a.id, "h", True, OK, 2001.0),
+            FinishItem(c.id, "other", True, OK, 2001.0),  # not this host's: refused
+        ]
+    )
+    assert done == [True, False]
+    assert store.stats(now=2002.0).running == 1

@@ -8,6 +8,8 @@ promises:
 * never one container handed to two calls, never a call handed two containers;
 * never a call waiting while a container is idle, and never a waiting call with
   nothing on its way to serve it;
+* below ``min_warm``, a start is always due (a removal under way, or the
+  restart backoff's hold ending);
 * after ``retire_all``, driving every container to its end leaves none, every
   call answered, and the supervisor told it is empty.
 
@@ -20,17 +22,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from kiln.hot.scheduler import (
-    Decision,
-    Emptied,
-    Hand,
-    Park,
-    Phase,
-    Refuse,
-    Retire,
-    Scheduler,
-    Start,
-)
+from kiln.hot.backoff import BACKOFF_CAP
+from kiln.hot.decisions import Decision, Emptied, Hand, Park, Refuse, Retire, Start, WarmAt
+from kiln.hot.scheduler import Phase, Scheduler
 
 
 class SchedulerMachine(RuleBasedStateMachine):
@@ -50,6 +44,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.answered: set[int] = set()  # calls served, refused or gone
         self.arrived: set[int] = set()
         self.emptied = 0
+        self.warm_at: float | None = None  # the restart backoff's hold on warm starts
 
     # ---- the supervisor's side ------------------------------------------------
 
@@ -89,6 +84,11 @@ class SchedulerMachine(RuleBasedStateMachine):
             elif isinstance(d, Emptied):
                 assert not self.alive
                 self.emptied += 1
+            elif isinstance(d, WarmAt):
+                # events without a time (rescale, call arrived) may name a hold that is
+                # already over: the supervisor's timer then fires at once
+                assert d.deadline <= self.now + BACKOFF_CAP
+                self.warm_at = d.deadline
         if any(isinstance(d, Start) for d in decisions):
             assert self.s.live <= max(self.s.max_containers, live_before)
             assert self.s.live <= self.s.max_containers
@@ -136,7 +136,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     def start_fails(self, data: st.DataObject) -> None:
         seq = data.draw(st.sampled_from(sorted(self.starting)))
         self.starting.discard(seq)
-        self.apply(self.s.start_failed(seq))
+        self.apply(self.s.start_failed(seq, self.now))
         self.removing.add(seq)  # the supervisor removes what failed to start
 
     @precondition(lambda self: self.busy)
@@ -150,7 +150,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def dies(self, data: st.DataObject) -> None:
         seq = data.draw(st.sampled_from(sorted(self.alive - self.removing)))
-        self.apply(self.s.container_died(seq, "container exited (code 1)"))
+        self.apply(self.s.container_died(seq, "container exited (code 1)", self.now))
 
     @precondition(lambda self: self.idle)
     @rule(data=st.data())
@@ -176,7 +176,15 @@ class SchedulerMachine(RuleBasedStateMachine):
         seq = data.draw(st.sampled_from(sorted(self.removing)))
         self.removing.discard(seq)
         self.alive.discard(seq)
-        self.apply(self.s.container_removed(seq))
+        self.apply(self.s.container_removed(seq, self.now))
+
+    @precondition(lambda self: self.warm_at is not None)
+    @rule()
+    def warm_due(self) -> None:
+        assert self.warm_at is not None
+        self.now = max(self.now, self.warm_at)
+        self.warm_at = None
+        self.apply(self.s.warm_due(self.now))
 
     @rule(dt=st.floats(0, 60))
     def time_passes(self, dt: float) -> None:
@@ -200,6 +208,15 @@ class SchedulerMachine(RuleBasedStateMachine):
             return
         on_the_way = self.starting | set(self.busy) | self.removing
         assert on_the_way, "a call waits and nothing will ever serve it"
+
+    @invariant()
+    def min_warm_is_kept_or_restored(self) -> None:
+        """Below min_warm, a start is due: after a removal under way, or when the
+        restart backoff's hold ends."""
+        if self.s.closed:
+            return
+        if self.s.live < min(self.s.min_warm, self.s.max_containers):
+            assert self.removing or self.warm_at is not None, "min_warm silently abandoned"
 
     @invariant()
     def supervisor_and_scheduler_agree(self) -> None:
@@ -239,7 +256,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             for seq in sorted(self.removing):
                 self.removing.discard(seq)
                 self.alive.discard(seq)
-                self.apply(self.s.container_removed(seq))
+                self.apply(self.s.container_removed(seq, self.now))
         assert not self.alive
         assert self.s.containers() == ()
         assert self.answered == self.arrived
@@ -247,5 +264,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert self.emptied == emptied_before + 1
 
 
-SchedulerMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
+SchedulerMachine.TestCase.settings = settings(
+    max_examples=200, stateful_step_count=50, deadline=None
+)
 test_scheduler_state_machine = SchedulerMachine.TestCase

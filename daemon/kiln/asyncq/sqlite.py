@@ -24,7 +24,14 @@ from kiln.asyncq.records import (
     pack_headers,
     unpack_headers,
 )
-from kiln.asyncq.store import Accepted, QueueFull, QueueStats, StoreError, outcome_fields
+from kiln.asyncq.store import (
+    Accepted,
+    FinishItem,
+    QueueFull,
+    QueueStats,
+    StoreError,
+    outcome_fields,
+)
 
 T = TypeVar("T")
 
@@ -293,29 +300,36 @@ class SQLiteStore:
         return self._run(False, tx)
 
     def finish(self, call_id: str, *, host: str, ok: bool, outcome: Outcome, now: float) -> bool:
-        status, headers, body, truncated, error = outcome_fields(outcome)
+        (done,) = self.finish_many([FinishItem(call_id, host, ok, outcome, now)])
+        return done
 
-        def tx(db: sqlite3.Connection) -> int:
-            return db.execute(
-                "UPDATE calls SET state = ?, finished = ?, lease_until = NULL, status = ?, "
-                "result_headers = ?, result_body = ?, truncated = ?, error = ? "
-                "WHERE id = ? AND state = 'running' AND host = ?",
-                (
-                    "succeeded" if ok else "failed",
-                    now,
-                    status,
-                    headers,
-                    body,
-                    int(truncated),
-                    error,
-                    call_id,
-                    host,
-                ),
-            ).rowcount
+    def finish_many(self, items: Sequence[FinishItem]) -> list[bool]:
+        def tx(db: sqlite3.Connection) -> list[bool]:
+            out = []
+            for it in items:
+                status, headers, body, truncated, error = outcome_fields(it.outcome)
+                n = db.execute(
+                    "UPDATE calls SET state = ?, finished = ?, lease_until = NULL, status = ?, "
+                    "result_headers = ?, result_body = ?, truncated = ?, error = ? "
+                    "WHERE id = ? AND state = 'running' AND host = ?",
+                    (
+                        "succeeded" if it.ok else "failed",
+                        it.now,
+                        status,
+                        headers,
+                        body,
+                        int(truncated),
+                        error,
+                        it.call_id,
+                        it.host,
+                    ),
+                ).rowcount
+                out.append(n == 1)
+            return out
 
-        n = self._run(False, tx)
-        self._pending -= n
-        return n == 1
+        done = self._run(False, tx)
+        self._pending -= sum(done)
+        return done
 
     def retry(self, call_id: str, *, host: str, due: float, error: str, status: int) -> bool:
         def tx(db: sqlite3.Connection) -> int:

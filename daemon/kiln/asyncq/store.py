@@ -31,6 +31,17 @@ class Accepted:
 
 
 @dataclass(frozen=True)
+class FinishItem:
+    """One :meth:`Store.finish`, for :meth:`Store.finish_many`."""
+
+    call_id: str
+    host: str
+    ok: bool
+    outcome: Outcome
+    now: float
+
+
+@dataclass(frozen=True)
 class QueueStats:
     queued: int
     running: int
@@ -73,6 +84,10 @@ class Store(Protocol):
 
     def finish(self, call_id: str, *, host: str, ok: bool, outcome: Outcome, now: float) -> bool:
         """Record the result of the running attempt (only if ``host`` still holds it)."""
+        ...
+
+    def finish_many(self, items: Sequence[FinishItem]) -> list[bool]:
+        """Several finishes in one transaction."""
         ...
 
     def retry(self, call_id: str, *, host: str, due: float, error: str, status: int) -> bool:

@@ -7,10 +7,10 @@ once started finishes its transaction even if the awaiting task is
 cancelled, so a commit is never half-seen: the task learns nothing, the
 database has it.
 
-Accepts are committed in groups: while one group's transaction runs, new
-accepts queue up, and the next group takes them all in one transaction — one
-fsync for many 202s. No task of its own: the first waiting caller runs the
-next group (a "leader"), the others wait for their result.
+Accepts and results are committed in groups: while one group's transaction
+runs, new ones queue up, and the next group takes them all in one transaction
+— one fsync for many 202s. No task of its own: the first waiting caller runs
+the next group (a "leader"), the others wait for their result.
 
 A store whose ``inline`` attribute is true runs in the event loop's thread
 instead: only tests on a ``MockClock`` use that (with an in-memory SQLite
@@ -19,27 +19,82 @@ database), since virtual time would jump while a worker thread runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import trio
 
 from kiln.asyncq.records import CallRecord, NewCall, Outcome, State
-from kiln.asyncq.store import Accepted, QueueFull, QueueStats, Store
+from kiln.asyncq.store import Accepted, FinishItem, QueueFull, QueueStats, Store
 
 T = TypeVar("T")
+Item = TypeVar("Item")
+R = TypeVar("R")
 
 #: Called after each store operation: (operation, seconds).
 Observer = Callable[[str, float], None]
 
 
-class _Pending:
-    __slots__ = ("call", "result")
+class _Group(Generic[Item, R]):
+    """Runs submitted items in groups through ``run_many`` (one store
+    transaction per group). No task of its own: the first waiting submitter
+    runs the next group; the others wait for their turn or their result."""
 
-    def __init__(self, call: NewCall) -> None:
-        self.call = call
-        self.result: Accepted | BaseException | None = None
+    def __init__(self, run_many: Callable[[list[Item]], Awaitable[list[R]]]) -> None:
+        self.run_many = run_many
+        self._waiting: list[_Item[Item, R]] = []
+        self._running = False
+        self._turn = trio.Event()
+
+    async def submit(self, item: Item) -> R:
+        mine: _Item[Item, R] = _Item(item)
+        self._waiting.append(mine)
+        try:
+            while not mine.done:
+                if self._running:
+                    await self._turn.wait()
+                else:
+                    await self._run_group()
+        except BaseException:
+            if mine in self._waiting:  # not in any group: forget it
+                self._waiting.remove(mine)
+            raise
+        if mine.error is not None:
+            raise mine.error
+        return mine.result  # type: ignore[return-value]  # done without error: set
+
+    async def _run_group(self) -> None:
+        self._running = True
+        group, self._waiting = self._waiting, []
+        try:
+            try:
+                results = await self.run_many([x.item for x in group])
+            except trio.Cancelled:
+                # The leader left before the group's transaction began: the
+                # others are still waiting, and the next leader takes them.
+                self._waiting[:0] = group
+                raise
+            except Exception as e:
+                for x in group:
+                    x.error, x.done = e, True
+            else:
+                for x, result in zip(group, results, strict=True):
+                    x.result, x.done = result, True
+        finally:
+            self._running = False
+            self._turn.set()
+            self._turn = trio.Event()
+
+
+class _Item(Generic[Item, R]):
+    __slots__ = ("done", "error", "item", "result")
+
+    def __init__(self, item: Item) -> None:
+        self.item = item
+        self.done = False
+        self.result: R | None = None
+        self.error: Exception | None = None
 
 
 class ThreadedStore:
@@ -49,9 +104,10 @@ class ThreadedStore:
         self.limiter = trio.CapacityLimiter(1)
         self.observer = observer
         self.inline = bool(getattr(store, "inline", False))
-        self._waiting: list[_Pending] = []
-        self._committing = False
-        self._turn = trio.Event()
+        self._accepts: _Group[tuple[NewCall, int], Accepted | QueueFull] = _Group(
+            self._accept_many
+        )
+        self._finishes: _Group[FinishItem, bool] = _Group(self._finish_many)
 
     async def _call(self, op: str, fn: Callable[[], T]) -> T:
         t0 = trio.current_time()
@@ -65,45 +121,20 @@ class ThreadedStore:
                 self.observer(op, trio.current_time() - t0)
 
     async def accept(self, call: NewCall, *, queue_max: int) -> Accepted:
-        mine = _Pending(call)
-        self._waiting.append(mine)
-        try:
-            while mine.result is None:
-                if self._committing:
-                    await self._turn.wait()
-                    continue
-                await self._commit_group(queue_max)
-        except BaseException:
-            if mine in self._waiting:  # not in any group: forget it
-                self._waiting.remove(mine)
-            raise
-        if isinstance(mine.result, BaseException):
-            raise mine.result
-        return mine.result
+        out = await self._accepts.submit((call, queue_max))
+        if isinstance(out, QueueFull):
+            raise out
+        return out
 
-    async def _commit_group(self, queue_max: int) -> None:
-        self._committing = True
-        group, self._waiting = self._waiting, []
-        try:
-            results: list[Accepted | QueueFull] | BaseException
-            try:
-                results = await self._call(
-                    "accept",
-                    partial(self.store.accept_many, [p.call for p in group], queue_max=queue_max),
-                )
-            except trio.Cancelled:
-                # The leader left before the group's transaction began: the
-                # others are still waiting, and the next leader takes them.
-                self._waiting[:0] = [p for p in group if p.result is None]
-                raise
-            except Exception as e:
-                results = e
-            for i, p in enumerate(group):
-                p.result = results if isinstance(results, BaseException) else results[i]
-        finally:
-            self._committing = False
-            self._turn.set()
-            self._turn = trio.Event()
+    async def _accept_many(self, items: list[tuple[NewCall, int]]) -> list[Accepted | QueueFull]:
+        queue_max = items[0][1]
+        calls = [call for call, _ in items]
+        return await self._call(
+            "accept", partial(self.store.accept_many, calls, queue_max=queue_max)
+        )
+
+    async def _finish_many(self, items: list[FinishItem]) -> list[bool]:
+        return await self._call("finish", partial(self.store.finish_many, items))
 
     async def get(self, call_id: str) -> CallRecord | None:
         return await self._call("get", partial(self.store.get, call_id))
@@ -131,10 +162,8 @@ class ThreadedStore:
     async def finish(
         self, call_id: str, *, host: str, ok: bool, outcome: Outcome, now: float
     ) -> bool:
-        return await self._call(
-            "finish",
-            partial(self.store.finish, call_id, host=host, ok=ok, outcome=outcome, now=now),
-        )
+        """Record a result; results arriving together share one transaction."""
+        return await self._finishes.submit(FinishItem(call_id, host, ok, outcome, now))
 
     async def retry(self, call_id: str, *, host: str, due: float, error: str, status: int) -> bool:
         return await self._call(

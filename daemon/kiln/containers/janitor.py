@@ -21,6 +21,8 @@ log = logging.getLogger("kiln.janitor")
 
 BACKOFF_START = 1.0
 BACKOFF_MAX = 60.0
+#: At shutdown: how long the last try at pending removals may take.
+FLUSH_TIMEOUT = 10.0
 
 _ID_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -64,6 +66,26 @@ class Janitor:
 
     def statistics(self) -> JanitorStatistics:
         return JanitorStatistics(len(self._pending), self._removed_total, self._attempts_total)
+
+    async def flush(self, timeout: float = FLUSH_TIMEOUT) -> int:  # noqa: ASYNC109
+        """One last try at every pending removal (at shutdown), bounded by ``timeout``
+        and shielded. Returns how many are still pending: the next start's sweep
+        removes those."""
+        with trio.CancelScope(shield=True), trio.move_on_after(timeout):
+            for cid, function in list(self._pending.items()):
+                try:
+                    await self.docker.remove(cid, force=True)
+                except DockerError as e:
+                    log.warning("cannot remove container %s of %s: %s", shown(cid), function, e)
+                    break
+                del self._pending[cid]
+                self._removed_total += 1
+                log.info("removed left-over container %s of %s", shown(cid), function)
+        if self._pending:
+            log.warning(
+                "%d container(s) left for the next start's sweep to remove", len(self._pending)
+            )
+        return len(self._pending)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
