@@ -170,6 +170,7 @@ class Daemon:
             janitor=janitor,
             host=host,
         )
+        metrics.attach_logs(logs)
         invoke_app = InvokeApp(calls, max_body=config.daemon.max_body, metrics=metrics)
         control_app = ControlApp(operations, logs=logs, tokens=tokens)
         asyncq: AsyncQueue | None = None
