@@ -212,9 +212,11 @@ class Supervisor:
         self._apply(self.scheduler.retire_all(reason))
 
     async def wait_empty(self) -> None:
-        """Return once every container of this supervisor is gone."""
+        """Return once every container of this supervisor is gone (any number of
+        tasks may wait: they share one event until it is set)."""
         if self._containers:
-            self._emptied = trio.Event()
+            if self._emptied is None or self._emptied.is_set():
+                self._emptied = trio.Event()
             await self._emptied.wait()
 
     def rescale(self, min_warm: int, max_containers: int) -> None:
