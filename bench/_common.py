@@ -63,6 +63,14 @@ def kiln_daemon(
     for name, fn in functions.items():
         cfg[f"functions.{name}"] = fn
     with tempfile.TemporaryDirectory() as tmp:
+        # Its own control socket, run dir (listener dirs) and state dir: a bench
+        # daemon never meets another daemon's, nor leaves state behind.
+        for key, where in (
+            ("control_socket", "control.sock"),
+            ("run_dir", "run"),
+            ("state_dir", "state"),
+        ):
+            cfg["daemon"].setdefault(key, str(Path(tmp) / where))
         path = Path(tmp) / "kiln.toml"
         lines = []
         for section, table in cfg.items():

@@ -208,11 +208,25 @@ def start_daemon(docker: httpx.Client, tmp_path: Path) -> Iterator[Callable[...,
         return daemon
 
     yield start
-    for daemon in daemons:
-        code = daemon.stop()
-        assert code == daemon.expected_exit, f"daemon exited {code}:\n{daemon.log()}"
-        left = kiln_containers(docker, daemon.daemon_id)
-        assert left == [], f"containers left behind by daemon {daemon.daemon_id}: {left}"
+    try:
+        for daemon in daemons:
+            code = daemon.stop()
+            assert code == daemon.expected_exit, f"daemon exited {code}:\n{daemon.log()}"
+            left = kiln_containers(docker, daemon.daemon_id)
+            assert left == [], f"containers left behind by daemon {daemon.daemon_id}: {left}"
+    finally:
+        unmount_listener_dirs(tmp_path)
+
+
+def unmount_listener_dirs(under: Path) -> None:
+    """A daemon SIGKILLed by a test (and not restarted) leaves the tmpfs it mounted
+    for listener dirs; a clean stop unmounts it itself."""
+    from kiln.hot.iofs import OWN_SOURCE, parse_mountinfo
+
+    mounts = parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+    for m in mounts:
+        if m.source == OWN_SOURCE and m.mount_point.startswith(f"{under}/"):
+            subprocess.run(["umount", "--lazy", m.mount_point], check=False, timeout=30)
 
 
 def docker_events(

@@ -7,8 +7,10 @@ written the way Fn's docs write them (tests/images/fdk-*/).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +22,7 @@ pytestmark = pytest.mark.docker
 
 IMAGES = {"python": "kiln-test/fn-python:latest", "node": "kiln-test/fn-node:latest"}
 FDKS = sorted(IMAGES)
-HANDLERS = ("hello", "created", "request_info", "fail")
+HANDLERS = ("hello", "created", "request_info", "fail", "crash")
 
 
 #: Each test handler: its Python FDK entry point and its Node FDK file.
@@ -29,6 +31,7 @@ ENTRY = {
     "created": ("created", "created.js"),
     "request_info": ("request_info", "request_info.js"),
     "fail": ("fail", "fail.js"),
+    "crash": ("crash", "crash.js"),
 }
 
 
@@ -145,6 +148,23 @@ def test_exception_is_502_and_the_container_is_kept(
 
 
 @pytest.mark.parametrize("fdk", FDKS)
+def test_crash_mid_call_names_the_exit_code_and_this_calls_output(
+    fdk: str, start_daemon: Callable[..., Daemon]
+) -> None:
+    kiln = start_daemon(functions(fdk))
+    name = f"{fdk}-crash"
+    assert kiln.invoke(name, b"fine").status_code == 200
+    r = kiln.invoke(name, b"crash")
+    assert r.status_code == 502, r.text
+    message = r.json()["error"]["message"]
+    assert message.startswith(f"function {name!r} exited with code 3 during the call"), message
+    assert "about to crash" in message
+    assert "earlier call" not in message
+    again = kiln.invoke(name, b"fine")  # a new container
+    assert again.status_code == 200, again.text
+
+
+@pytest.mark.parametrize("fdk", FDKS)
 def test_hot_reuse(fdk: str, start_daemon: Callable[..., Daemon]) -> None:
     kiln = start_daemon(functions(fdk))
     name = f"{fdk}-request-info"
@@ -205,3 +225,47 @@ def test_min_warm_containers_idle_past_the_fdks_timers(
         assert r.status_code == 200, (fdk, r.text)
         assert r.json()["calls"] == 2
         assert running(docker, kiln, names[fdk]) == [cids[fdk]]
+
+
+def test_deploy_an_fn_func_yaml_and_invoke_it_with_the_cli(
+    start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    kiln = start_daemon({})
+    func_yaml = tmp_path / "func.yaml"
+    func_yaml.write_text(
+        "schema_version: 20180708\n"
+        "name: pyhello\n"
+        "version: 0.0.1\n"
+        "runtime: python\n"
+        f"image: {IMAGES['python']}\n"
+        "memory: 128\n"
+        "config:\n  GREETING: hi\n"
+        "triggers:\n- name: pyhello\n  type: http\n  source: /pyhello\n"
+    )
+    deployed = kiln.cli("deploy", str(func_yaml))
+    assert deployed.returncode == 0, deployed.stderr
+    assert b"created pyhello" in deployed.stdout
+    assert b"runtime: ignored by Kiln" in deployed.stderr
+    assert b"warning" not in deployed.stderr
+    called = kiln.cli(
+        "invoke", "pyhello", "-i", "--content-type", "application/json", stdin=b'{"name": "cli"}'
+    )
+    assert called.returncode == 0, called.stderr
+    head, _, body = called.stdout.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"kiln-call-id: " in head.lower()
+    assert json.loads(body) == {"message": "Hello cli"}
+    shown = kiln.cli("show", "pyhello")
+    assert b"memory          128 MiB" in shown.stdout
+    assert b"GREETING=hi" in shown.stdout
+
+
+def test_deploying_an_image_that_is_not_on_the_host_warns(
+    start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    kiln = start_daemon({})
+    func_yaml = tmp_path / "func.yaml"
+    func_yaml.write_text("name: nothere\nversion: 9.9.9\n")
+    deployed = kiln.cli("deploy", str(func_yaml))
+    assert deployed.returncode == 0, deployed.stderr
+    assert b"'nothere:9.9.9' is not on this host: Kiln never pulls" in deployed.stderr

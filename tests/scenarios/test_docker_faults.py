@@ -223,3 +223,20 @@ async def test_a_request_the_fdk_refuses_does_not_kill_the_container(
         assert (await request(s.app, "POST", "/invoke/picky", b"c")).status == 200
         assert [c.id for c in s.fake.live()] == [cid]  # the same container, never killed
         assert s.fake.created_total == 1
+
+
+async def test_janitor_flush_at_shutdown_and_names_shown_whole(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from kiln.containers.janitor import shown
+
+    assert shown("a" * 64) == "a" * 12
+    assert (
+        shown("kiln-d-function-with-a-long-name-abc-1") == "kiln-d-function-with-a-long-name-abc-1"
+    )
+    async with stack(FNS) as s:
+        s.fake.unreachable = True
+        s.janitor.remove_later("kiln-test-echo-gone-1", "echo")
+        assert await s.janitor.flush(timeout=5) == 1
+        s.fake.unreachable = False
+        assert await s.janitor.flush(timeout=5) == 0

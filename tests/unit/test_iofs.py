@@ -30,6 +30,7 @@ def test_parse_mountinfo() -> None:
         "/run/kiln/iofs",
     ]
     assert mounts[2].fstype == "tmpfs"
+    assert mounts[2].source == "kiln-iofs"
     assert {"nosuid", "nodev", "noexec", "size=65536k"} <= mounts[2].options
 
 

@@ -22,14 +22,6 @@ HOT = FunctionSpec(
 )
 
 
-async def settled() -> None:
-    """Return once every task is blocked (before the mock clock jumps): what a
-    retirement starts without a timer has then happened. (Used instead of the
-    supervisor's ``wait_empty``, which the supervisors' own retire task also waits
-    on.)"""
-    await trio.testing.wait_all_tasks_blocked()
-
-
 def pool_total(s: Stack, name: str) -> int:
     pool = s.registry.supervisor(name)
     return pool.statistics().total if pool is not None else 0
@@ -87,7 +79,7 @@ async def test_rollover_gives_new_calls_new_containers_and_retires_the_old(
         new = s.registry.supervisor("hot")
         assert new is not None
         assert new is not old
-        await settled()  # the idle old container retires at once
+        await old.wait_empty()  # the idle old container retires at once
         assert old_container not in s.fake.containers
         assert (await request(s.app, "POST", "/invoke/hot", b"y")).body == b"y"
         assert new.statistics().calls_total == 1
@@ -97,9 +89,11 @@ async def test_rollover_from_hot_to_stdio(autojump_clock: trio.testing.MockClock
     async with stack({}) as s:
         await s.operations.deploy(FunctionSpec(**{**HOT.__dict__, "name": "echo"}))
         assert (await request(s.app, "POST", "/invoke/echo", b"x")).status == 200
+        old = s.registry.supervisor("echo")
+        assert old is not None
         await s.operations.deploy(STDIO)
         assert s.registry.supervisor("echo") is None
-        await settled()
+        await old.wait_empty()
         assert s.fake.containers == {}
         assert (await request(s.app, "POST", "/invoke/echo", b"z")).body == b"z"
 
@@ -110,10 +104,12 @@ async def test_remove_forgets_unpersists_and_retires(
     async with stack({}) as s:
         await s.operations.deploy(FunctionSpec(**{**HOT.__dict__, "min_warm": 1}))
         assert (await request(s.app, "POST", "/invoke/hot", b"x")).status == 200
+        supervisor = s.registry.supervisor("hot")
+        assert supervisor is not None
         await s.operations.remove("hot")
         assert "hot" not in s.registry
         assert s.operations.store.names() == set()
-        await settled()
+        await supervisor.wait_empty()
         assert s.fake.containers == {}
         assert (await request(s.app, "POST", "/invoke/hot", b"x")).status == 404
         with pytest.raises(NotFound):

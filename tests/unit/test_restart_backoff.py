@@ -9,7 +9,8 @@ import trio
 import trio.testing
 
 from kiln.hot.backoff import BACKOFF_CAP, HEALTHY_PERIOD, RestartBackoff
-from kiln.hot.scheduler import Emptied, Scheduler, Start, WarmAt
+from kiln.hot.decisions import Emptied, Start, WarmAt
+from kiln.hot.scheduler import Scheduler
 from tests.harness import functions, stack
 
 

@@ -5,19 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kiln.hot.scheduler import (
-    Emptied,
-    Hand,
-    Park,
-    Phase,
-    Refusal,
-    Refuse,
-    Retire,
-    Scheduler,
-    Start,
-    containers_to_start,
-    should_retire_idle,
-)
+from kiln.hot.decisions import Emptied, Hand, Park, Refusal, Refuse, Retire, Start
+from kiln.hot.scheduler import Phase, Scheduler, containers_to_start, should_retire_idle
 
 
 def start(**kw: int) -> int:

@@ -23,18 +23,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from kiln.hot.backoff import BACKOFF_CAP
-from kiln.hot.scheduler import (
-    Decision,
-    Emptied,
-    Hand,
-    Park,
-    Phase,
-    Refuse,
-    Retire,
-    Scheduler,
-    Start,
-    WarmAt,
-)
+from kiln.hot.decisions import Decision, Emptied, Hand, Park, Refuse, Retire, Start, WarmAt
+from kiln.hot.scheduler import Phase, Scheduler
 
 
 class SchedulerMachine(RuleBasedStateMachine):

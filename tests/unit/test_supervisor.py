@@ -234,3 +234,26 @@ async def test_answer_over_max_response_is_502_like_stdio(
         ok = await request(s.app, "POST", "/invoke/big", b"%d" % MiB)
         assert ok.status == 200
         assert len(ok.body) == MiB
+
+
+async def test_several_tasks_may_wait_for_a_supervisor_to_empty(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with stack(FNS) as s:
+        assert (await request(s.app, "POST", "/invoke/echo", b"x")).status == 200
+        supervisor = s.registry.supervisor("echo")
+        assert supervisor is not None
+        emptied: list[int] = []
+
+        async def wait(i: int) -> None:
+            await supervisor.wait_empty()
+            emptied.append(i)
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wait, 1)
+                nursery.start_soon(wait, 2)
+                await trio.testing.wait_all_tasks_blocked()
+                s.registry.retire("echo", "removed")  # the supervisors wait for it too
+        assert sorted(emptied) == [1, 2]
+        assert live(s, "echo") == []

@@ -15,12 +15,15 @@ from dataclasses import dataclass
 
 import trio
 
-from kiln.docker import DockerClient, DockerError
+from kiln.containers.removal import remove_container
+from kiln.docker import Docker, DockerError
 
 log = logging.getLogger("kiln.janitor")
 
 BACKOFF_START = 1.0
 BACKOFF_MAX = 60.0
+#: At shutdown: how long the last try at pending removals may take.
+FLUSH_TIMEOUT = 10.0
 
 _ID_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -38,7 +41,7 @@ class JanitorStatistics:
 
 
 class Janitor:
-    def __init__(self, docker: DockerClient) -> None:
+    def __init__(self, docker: Docker) -> None:
         self.docker = docker
         self._pending: dict[str, str] = {}  # container id → function
         self._wake = trio.Event()
@@ -65,6 +68,27 @@ class Janitor:
     def statistics(self) -> JanitorStatistics:
         return JanitorStatistics(len(self._pending), self._removed_total, self._attempts_total)
 
+    async def flush(self, timeout: float = FLUSH_TIMEOUT) -> int:  # noqa: ASYNC109
+        """One last try at every pending removal (at shutdown), bounded by ``timeout``
+        and shielded. Returns how many are still pending: the next start's sweep
+        removes those."""
+        with trio.CancelScope(shield=True), trio.move_on_after(timeout):
+            for cid, function in list(self._pending.items()):
+                try:
+                    await remove_container(self.docker, cid, http_timeout=timeout)
+                except DockerError as e:
+                    log.warning("cannot remove container %s of %s: %s", shown(cid), function, e)
+                    break
+                if self._pending.pop(cid, None) is None:
+                    continue  # the other of run() and flush() got there first
+                self._removed_total += 1
+                log.info("removed left-over container %s of %s", shown(cid), function)
+        if self._pending:
+            log.warning(
+                "%d container(s) left for the next start's sweep to remove", len(self._pending)
+            )
+        return len(self._pending)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         backoff = BACKOFF_START
@@ -79,14 +103,15 @@ class Janitor:
                 self._attempts_total += 1
                 try:
                     with trio.CancelScope(shield=True):
-                        await self.docker.remove(cid, force=True)
+                        await remove_container(self.docker, cid)
                 except DockerError as e:
                     log.warning(
                         "still cannot remove container %s of %s: %s", shown(cid), function, e
                     )
                     failed = True
                     break
-                del self._pending[cid]
+                if self._pending.pop(cid, None) is None:
+                    continue  # the other of run() and flush() got there first
                 self._removed_total += 1
                 log.info("removed left-over container %s of %s", shown(cid), function)
             if failed:

@@ -137,8 +137,9 @@ async def _lost(
     died (waiting briefly for Docker to say so), and only this call's output."""
     with trio.move_on_after(EXIT_GRACE):
         await c.exited.wait()
-    with trio.move_on_after(EXIT_GRACE):
-        await c.output_done.wait()  # its last words, read to the end
+    if c.exited.is_set():
+        with trio.move_on_after(EXIT_GRACE):
+            await c.output_done.wait()  # its last words, read to the end
     output = c.output_tail(call_id)
     last = f"; last output: {output}" if output else ""
     if c.exit_code is not None:

@@ -46,7 +46,7 @@ OOM_CHECK_TIMEOUT = 5.0
 #: While Docker is down: the first and the longest pause before asking it again
 #: whether a container still runs.
 WAIT_RETRY_FIRST = 0.5
-WAIT_RETRY_MAX = 5.0
+WAIT_RETRY_MAX = 1.0
 #: How long a container that exited may take to deliver its last output.
 OUTPUT_GRACE = 1.0
 #: Fn's log framing: FDKs that honour it write ``kiln_call_id=<Fn-Call-Id>`` on
@@ -299,7 +299,7 @@ class Launcher:
                 task_status.started()
                 started = True
                 feed = output.feed
-                while (frames := await stream.receive()) is not None:
+                while (frames := await stream.read_batch()) is not None:
                     feed(frames)
         except CallError as e:
             if not started:
@@ -319,8 +319,10 @@ class Launcher:
                 oom = await self.runtime.oom_killed(c.box)
         except CallError:
             oom = False
-        error = exit_outcome(self.spec, ExitInfo(c.exit_code, oom, tail))
-        return error if error is not None and error.code == "out_of_memory" else None
+        if not oom:
+            # Exit 137 alone is no proof: `docker kill` and Kiln's own kills give it too.
+            return None
+        return exit_outcome(self.spec, ExitInfo(c.exit_code, oom, tail))
 
     async def why_lost(
         self, c: HotContainer, error: CallError, call: str | None = None

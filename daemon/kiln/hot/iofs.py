@@ -14,8 +14,9 @@ which must be a **tmpfs mounted ``nosuid,nodev,noexec``**:
   to the memory cgroup of the container that writes them (a 64 MiB function
   is OOM-killed before it has written 64 MiB there).
 
-Run as root, Kiln mounts it itself when it is missing (and unmounts it at
-exit); otherwise someone privileged must (the systemd unit does, in an
+Run as root, Kiln mounts it itself when it is missing (source
+``kiln-iofs-auto``) and unmounts it at exit, also one a killed run left;
+otherwise someone privileged must (the systemd unit does, in an
 ``ExecStartPre=+``), and Kiln refuses to start without it.
 
 The pure part (reading ``/proc/self/mountinfo``, judging a mount) is separate
@@ -47,11 +48,16 @@ MNT_DETACH = 0x2
 NR_INODES = 65536
 
 
+#: The source name of the tmpfs Kiln mounts itself (``kiln-iofs`` is the systemd unit's).
+OWN_SOURCE = "kiln-iofs-auto"
+
+
 @dataclass(frozen=True)
 class Mount:
     mount_point: str
     fstype: str
     options: frozenset[str]
+    source: str = ""
 
 
 def _unescape(field: str) -> str:
@@ -78,7 +84,7 @@ def parse_mountinfo(text: str) -> list[Mount]:
         if not sep or len(fields) < 6 or len(tail) < 3:
             continue
         options = set(fields[5].split(",")) | set(tail[2].split(","))
-        mounts.append(Mount(_unescape(fields[4]), tail[0], frozenset(options)))
+        mounts.append(Mount(_unescape(fields[4]), tail[0], frozenset(options), _unescape(tail[1])))
     return mounts
 
 
@@ -134,8 +140,11 @@ class IofsRoot:
         raise :class:`IofsUnsafe` saying what to do."""
         self.base.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = os.path.realpath(self.base)
-        reason = unsafe_reason(mount_at(path, _read_mounts()))
+        found = mount_at(path, _read_mounts())
+        reason = unsafe_reason(found)
         if reason is None:
+            # One Kiln mounted (a run that was killed): ours to unmount at exit.
+            self.mounted_here = found is not None and found.source == OWN_SOURCE
             return
         if os.geteuid() != 0:
             raise IofsUnsafe(
@@ -149,7 +158,7 @@ class IofsRoot:
         libc = _libc()
         flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
         data = mount_options(self.size).encode()
-        if libc.mount(b"kiln-iofs", path.encode(), b"tmpfs", flags, data) != 0:
+        if libc.mount(OWN_SOURCE.encode(), path.encode(), b"tmpfs", flags, data) != 0:
             err = ctypes.get_errno()
             raise IofsUnsafe(f"cannot mount a tmpfs at {path}: {os.strerror(err)}")
         self.mounted_here = True

@@ -38,6 +38,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kiln.hot.backoff import RestartBackoff
+from kiln.hot.decisions import (
+    Decision,
+    Emptied,
+    Hand,
+    Park,
+    Refusal,
+    Refuse,
+    Retire,
+    Start,
+    WarmAt,
+)
 
 
 def containers_to_start(
@@ -67,77 +78,6 @@ class Phase(enum.Enum):
     IDLE = "idle"
     BUSY = "busy"
     RETIRING = "retiring"
-
-
-class Refusal(enum.Enum):
-    """Why a call gets no container."""
-
-    CLOSED = "closed"  # the function is being removed or replaced
-    QUEUE_FULL = "queue_full"  # queue_max calls already wait
-    RETIRED = "retired"  # it waited, then the function was retired
-    SHUTDOWN = "shutdown"  # it waited, then the supervisor stopped
-    START_FAILED = "start_failed"  # it waited for a container that failed to start
-
-
-# ---- decisions ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Start:
-    """Start container ``seq`` (reserve its memory, create, start, wait until ready)."""
-
-    seq: int
-
-
-@dataclass(frozen=True)
-class Hand:
-    """Give container ``seq`` to call ``waiter``; ``first`` if it never served a call."""
-
-    seq: int
-    waiter: int
-    first: bool
-
-
-@dataclass(frozen=True)
-class Park:
-    """Container ``seq`` is idle until ``deadline`` (then tell :meth:`Scheduler.idle_expired`)."""
-
-    seq: int
-    deadline: float
-
-
-@dataclass(frozen=True)
-class Retire:
-    """Stop and remove container ``seq`` (then tell :meth:`Scheduler.container_removed`)."""
-
-    seq: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class Refuse:
-    """Call ``waiter`` gets no container."""
-
-    waiter: int
-    why: Refusal
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class Emptied:
-    """The last container is gone."""
-
-
-@dataclass(frozen=True)
-class WarmAt:
-    """Starts kept for ``min_warm`` are held by the restart backoff until ``deadline``
-    (then tell :meth:`Scheduler.warm_due`)."""
-
-    deadline: float
-    failures: int
-
-
-Decision = Start | Hand | Park | Retire | Refuse | Emptied | WarmAt
 
 
 # ---- the state machine ----------------------------------------------------------

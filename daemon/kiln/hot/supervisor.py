@@ -35,52 +35,14 @@ from kiln.fncontract import HttpRequest
 from kiln.functions.spec import FunctionSpec
 from kiln.hot.call import Outcome, run_call
 from kiln.hot.container import HotContainer, Launcher
-from kiln.hot.scheduler import (
-    Decision,
-    Emptied,
-    Hand,
-    Park,
-    Refusal,
-    Refuse,
-    Retire,
-    Scheduler,
-    Start,
-    WarmAt,
-)
+from kiln.hot.decisions import Decision, Emptied, Hand, Park, Refusal, Refuse, Retire, Start, WarmAt
+from kiln.hot.report import ContainerInfo, SupervisorStatistics
+from kiln.hot.scheduler import Scheduler
 from kiln.hot.transport import ListenerTransport, UnixTransport
 from kiln.logs.service import Logs
 from kiln.trioutil import open_nursery
 
 log = logging.getLogger("kiln.hot")
-
-
-@dataclass(frozen=True)
-class ContainerInfo:
-    name: str
-    id: str | None
-    state: str
-    age: float
-    idle_for: float | None
-    calls: int
-
-
-@dataclass(frozen=True)
-class SupervisorStatistics:
-    function: str
-    starting: int
-    idle: int
-    busy: int
-    retiring: int
-    waiting: int
-    total: int
-    started_total: int
-    start_failures: int
-    evicted_total: int
-    calls_total: int
-    #: Failed starts (or deaths soon after ready) in a row; 0 when healthy.
-    consecutive_failures: int = 0
-    #: Seconds until the restart backoff lets min_warm containers start again (0: not held).
-    restart_in: float = 0.0
 
 
 @dataclass
@@ -250,9 +212,11 @@ class Supervisor:
         self._apply(self.scheduler.retire_all(reason))
 
     async def wait_empty(self) -> None:
-        """Return once every container of this supervisor is gone."""
+        """Return once every container of this supervisor is gone (any number of
+        tasks may wait: they share one event until it is set)."""
         if self._containers:
-            self._emptied = trio.Event()
+            if self._emptied is None or self._emptied.is_set():
+                self._emptied = trio.Event()
             await self._emptied.wait()
 
     def rescale(self, min_warm: int, max_containers: int) -> None:
@@ -347,7 +311,9 @@ class Supervisor:
         cold = waited and first
         start = (c.ready_at - max(t0, c.created_at)) if cold else 0.0
         queue = (t_got - t0) - start
-        for attempt in range(MAX_REDISPATCH + 1):
+        # Each undelivered attempt retires its container, so this ends; allow one try
+        # per container: when dockerd comes back it may have killed them all at once.
+        for attempt in range(max(MAX_REDISPATCH, self.spec.max_containers) + 1):
             if attempt:
                 log.warning("fn=%s call %s: sent to another container", self.spec.name, call_id)
                 c, _, _ = await self._acquire()

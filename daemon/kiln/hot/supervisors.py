@@ -18,7 +18,8 @@ from kiln.admission.memory import EvictionCandidate, MemoryBudget
 from kiln.containers.runtime import ContainerRuntime
 from kiln.containers.spec import Identity
 from kiln.functions.spec import FunctionSpec
-from kiln.hot.supervisor import Supervisor, SupervisorStatistics
+from kiln.hot.report import SupervisorStatistics
+from kiln.hot.supervisor import Supervisor
 from kiln.hot.transport import ListenerTransport
 from kiln.logs.service import Logs
 

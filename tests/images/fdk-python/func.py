@@ -57,3 +57,12 @@ def request_info(ctx, data: io.BytesIO = None):
 
 def fail(ctx, data: io.BytesIO = None):
     raise Exception("custom_error")
+
+
+def crash(ctx, data: io.BytesIO = None):
+    """Dies mid-call: a body of "crash" ends the process (no answer), anything else is fine."""
+    if data.getvalue() == b"crash":
+        print("about to crash", flush=True)
+        os._exit(3)
+    print("an earlier call's output", flush=True)
+    return "fine"
