@@ -231,6 +231,19 @@ class Dispatcher:
     async def _run_one(self, record: CallRecord, memory: int) -> None:
         try:
             await self._attempt(record)
+        except Exception as e:
+            # A bug, not the call's failure (Calls.call returns those): keep the
+            # dispatcher alive and fail the call with a 500.
+            log.exception("async call %s of %s: unexpected error", record.id, record.function)
+            message = f"internal error: {type(e).__name__}: {e}"
+            outcome = Outcome(500, (), error_body("internal", message), False, message)
+            self.queue.counters.failed += 1
+            await self._record(
+                "finish",
+                lambda: self.store.finish(
+                    record.id, host=self.queue.host, ok=False, outcome=outcome, now=self.clock.now()
+                ),
+            )
         finally:
             self.held -= memory
             self.running[record.function] -= 1
