@@ -18,6 +18,7 @@ from kiln.docker.frames import FrameDecoder
 from kiln.docker.jsonstream import JsonStreamDecoder
 from kiln.docker.params import filters_param
 from kiln.docker.stream import Message, Stream, StreamSetup
+from kiln.docker.websocket import DockerWebSocket, open_websocket
 
 if TYPE_CHECKING:
     from kiln.docker.api import Docker
@@ -361,6 +362,11 @@ class DockerContainer:
             async for chunk in self.docker._stream_chunks(response, "container stats"):
                 for item in decoder.feed(chunk):
                     yield item
+
+    async def websocket(self, **params: Any) -> DockerWebSocket:
+        """The container's stdio over a websocket (``stdin``, ``stdout``, ``stderr``,
+        ``stream``, ``logs`` as query parameters)."""
+        return await open_websocket(self.docker, self._path("/attach/ws"), params)
 
     def attach(
         self,
