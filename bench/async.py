@@ -39,6 +39,7 @@ def echo_fn() -> dict[str, Any]:
         "min_warm": 4,
         "max_containers": 8,
         "idle_timeout": 600,
+        "start_timeout": 30,  # a loaded machine may take seconds to start a container
     }
 
 

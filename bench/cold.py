@@ -16,7 +16,7 @@ import trio
 
 from _common import BUSYBOX, KeepAliveClient, kiln_daemon, percentile
 from kiln.containers.spec import Identity, container_config
-from kiln.docker import DockerClient
+from kiln.docker import Docker
 from kiln.functions.spec import FunctionSpec
 from kiln.units import MiB
 
@@ -25,21 +25,21 @@ SPEC = FunctionSpec(name="echo", image=BUSYBOX, cmd=("cat",), memory=32 * MiB)
 CONFIG = container_config(SPEC, Identity("bench-raw"), stdio=True)
 
 
-async def raw_once(docker: DockerClient, body: bytes) -> bytes:
-    cid = await docker.create_container(CONFIG)
+async def raw_once(docker: Docker, body: bytes) -> bytes:
+    container = await docker.containers.create(CONFIG)
     try:
         out = bytearray()
-        async with docker.attach(cid) as stream:
-            await docker.start(cid)
-            await stream.send_all(body)
-            await stream.send_eof()
-            while (frames := await stream.receive()) is not None:
-                for f in frames:
-                    out += f.data
-        await docker.wait(cid)
+        async with container.attach(stdin=True, stdout=True, stderr=True, tty=False) as stream:
+            await container.start()
+            await stream.write_in(body)
+            await stream.write_eof()
+            while (batch := await stream.read_batch()) is not None:
+                for m in batch:
+                    out += m.data
+        await container.wait()
         return bytes(out)
     finally:
-        await docker.remove(cid)
+        await container.delete(force=True, v=True)
 
 
 async def interleaved(url: str, n: int, body: bytes) -> tuple[list[float], list[float]]:
@@ -48,7 +48,7 @@ async def interleaved(url: str, n: int, body: bytes) -> tuple[list[float], list[
     client = KeepAliveClient(u.hostname or "", u.port or 0)
     raw: list[float] = []
     kiln: list[float] = []
-    async with DockerClient() as docker:
+    async with Docker(api_version="v1.41") as docker:
         for i in range(n + 2):
             t0 = time.perf_counter()
             assert await raw_once(docker, body) == body

@@ -24,7 +24,7 @@ import psutil
 import trio
 
 from _common import FN_NODE, FN_PYTHON, PYTHON, KeepAliveClient, kiln_daemon, percentile
-from kiln.docker import DockerClient
+from kiln.docker import Docker
 from kiln.fncontract import call_request_headers, container_env
 from kiln.hot.httpstream import FnConnection
 from kiln.hot.readiness import wait_for_listener
@@ -67,12 +67,12 @@ FDKS: dict[str, tuple[str, list[str], bytes]] = {
 
 async def direct_container(
     tmp: Path, image: str = PYTHON, cmd: list[str] | None = None
-) -> tuple[DockerClient, str, Path]:
-    docker = DockerClient()
+) -> tuple[Docker, str, Path]:
+    docker = Docker(api_version="v1.41")
     iofs = tmp / "iofs"
     iofs.mkdir()
     iofs.chmod(0o777)
-    cid = await docker.create_container(
+    container = await docker.containers.create(
         {
             "Image": image,
             "Cmd": cmd or ["python3", "/fn/echo_fdk.py"],
@@ -89,7 +89,8 @@ async def direct_container(
             },
         }
     )
-    await docker.start(cid)
+    cid = container.id
+    await container.start()
     with trio.fail_after(10):
         sock = await wait_for_listener(iofs)
     return docker, cid, sock
@@ -112,8 +113,8 @@ async def measure(seconds: float) -> dict[str, dict[str, float]]:
 
             results["direct"] = await series(make_direct, seconds)
         finally:
-            await docker.remove(cid)
-            await docker.aclose()
+            await docker.containers.container(cid).delete(force=True)
+            await docker.close()
     return results
 
 

@@ -1,15 +1,16 @@
 """A fake Docker Engine, in process, for unit and fault-injection tests.
 
-Short calls arrive through an ``httpx.MockTransport`` (async handler); long
-calls (``wait``, hijacked ``attach``) through in-memory stream pairs served by
-an h11 server task. Containers run *programs*: small async functions chosen by
+The client's connections are in-memory stream pairs: ``fake.backend`` is the
+httpcore network backend a :class:`kiln.docker.Docker` is given
+(``Docker(**fake.client_kwargs())``), and an h11 server task per connection
+answers — short calls through ``_handle`` (an httpx request in, an httpx response
+out), long ones (``wait``, hijacked ``attach``) on their own. Containers run *programs*: small async functions chosen by
 image name, that read stdin and write stdout/stderr like a real process.
 
 Faults on cue:
 
 * ``fake.stall[op] = seconds`` — the operation hangs that long; if that is
-  beyond the client's httpx read timeout, the client gets ``ReadTimeout`` at
-  its timeout (as with a real stalled engine). ``op`` is one of create, start,
+  beyond the client's read timeout, the client times out at its timeout (as with a real stalled engine). ``op`` is one of create, start,
   kill, remove, inspect, list, version, wait, attach.
 * ``fake.fail[op] = (status, message)`` — Docker answers with that error.
 * ``fake.unreachable = True`` — connections are refused from now on.
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import h11
+import httpcore
 import httpx
 import trio
 import trio.testing
@@ -276,7 +278,7 @@ class FakeContainer:
 
 
 class FakeDocker:
-    """Use as ``async with FakeDocker() as fake`` and hand ``fake.client_args()`` to DockerClient."""
+    """Use as ``async with FakeDocker() as fake`` and hand ``fake.client_kwargs()`` to ``kiln.docker.Docker``."""
 
     def __init__(self, programs: dict[str, Program] | None = None) -> None:
         self.programs = {**DEFAULT_PROGRAMS, **(programs or {})}
@@ -290,7 +292,8 @@ class FakeDocker:
         self._ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         self._long_streams: set[trio.abc.HalfCloseableStream] = set()
-        self.transport = httpx.MockTransport(self._handle)
+        self._server_of: dict[int, trio.abc.HalfCloseableStream] = {}
+        self.backend = FakeNetworkBackend(self)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[FakeDocker]:
@@ -311,7 +314,11 @@ class FakeDocker:
     # ---- helpers for tests ---------------------------------------------
 
     def client_kwargs(self) -> dict[str, Any]:
-        return {"transport": self.transport, "connect": self.connect}
+        return {
+            "url": "unix:///fake/docker.sock",
+            "api_version": "v1.41",
+            "network_backend": self.backend,
+        }
 
     def live(self) -> list[FakeContainer]:
         return list(self.containers.values())
@@ -502,74 +509,118 @@ class FakeDocker:
                 )
         return httpx.Response(200, json=out)
 
-    # ---- long calls ------------------------------------------------------
+    # ---- connections --------------------------------------------------------
 
     async def connect(self) -> trio.abc.HalfCloseableStream:
         if self.unreachable:
             raise ConnectionRefusedError(111, "Connection refused")
         client, server = trio.testing.memory_stream_pair()
         assert self._nursery is not None
-        self._nursery.start_soon(self._serve_long, server)
+        self._long_streams.add(server)
+        self._server_of[id(client)] = server
+        self._nursery.start_soon(self._serve, server)
         return client
 
-    async def _serve_long(self, stream: trio.abc.HalfCloseableStream) -> None:
+    def server_gone(self, client: trio.abc.HalfCloseableStream) -> bool:
+        """Whether the engine's end of this connection is closed (what a real socket
+        shows as readable-while-idle)."""
+        server = self._server_of.get(id(client))
+        return server is None or server not in self._long_streams
+
+    async def _serve(self, stream: trio.abc.HalfCloseableStream) -> None:
+        """One client connection: short calls kept alive, a long call to its end."""
         conn = h11.Connection(h11.SERVER)
         self._long_streams.add(stream)
         try:
-            request: h11.Request | None = None
-            complete = False
-            while not complete:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    data = await stream.receive_some(65536)
-                    if not data:
+            while True:
+                request: h11.Request | None = None
+                body = bytearray()
+                complete = False
+                while not complete:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        data = await stream.receive_some(65536)
+                        if not data:
+                            return
+                        conn.receive_data(bytes(data))
+                    elif isinstance(event, h11.Request):
+                        request = event
+                    elif isinstance(event, h11.Data):
+                        body += event.data
+                    elif isinstance(event, h11.EndOfMessage):
+                        complete = True
+                    elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                         return
-                    conn.receive_data(bytes(data))
-                elif isinstance(event, h11.Request):
-                    request = event
-                elif isinstance(event, h11.EndOfMessage):
-                    complete = True
-                elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                assert request is not None
+                target = request.target.decode()
+                path = re.sub(r"^/v[0-9.]+", "", target.split("?")[0])
+                m = re.match(r"^/containers/([^/]+)/(wait|attach|logs)$", path)
+                if m and (m.group(2) != "logs" or "follow=1" in target):
+                    await self._long(stream, conn, *m.groups())
                     return
-            assert request is not None
-            target = request.target.decode()
-            path = re.sub(r"^/v[0-9.]+", "", target.split("?")[0])
-            m = re.match(r"^/containers/([^/]+)/(wait|attach|logs)$", path)
-            if not m:
-                await self._long_error(stream, conn, 404, "page not found")
-                return
-            cid, op = m.groups()
-            self.calls.append((op, cid))
-            stall = self.stall.get(op)
-            if stall:
-                await trio.sleep(stall)
-            if op in self.fail:
-                await self._long_error(stream, conn, *self.fail[op])
-                return
-            c = self._find(cid)
-            if c is None:
-                await self._long_error(stream, conn, 404, f"No such container: {cid}")
-                return
-            if op == "wait":
-                await c.exited.wait()
-                body = json.dumps({"StatusCode": c.exit_code, "Error": None}).encode()
-                await stream.send_all(
-                    conn.send(
-                        h11.Response(status_code=200, headers=[("Content-Length", str(len(body)))])
+                try:
+                    response = await self._handle(
+                        httpx.Request(
+                            request.method.decode(),
+                            "http://docker" + target,
+                            headers=list(request.headers),
+                            content=bytes(body),
+                        )
                     )
-                    + conn.send(h11.Data(data=body))
-                    + conn.send(h11.EndOfMessage())
-                )
-                return
-            if op == "logs":
-                await self._follow_logs(stream, c)
-                return
-            await self._attach(stream, conn, c)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                except httpx.ConnectError:
+                    return  # Docker is gone: the connection drops
+                content = await response.aread()
+                if response.status_code in (204, 304):
+                    head = h11.Response(status_code=response.status_code, headers=[])
+                    await stream.send_all(conn.send(head) + conn.send(h11.EndOfMessage()))
+                else:
+                    headers = [("Content-Length", str(len(content)))]
+                    await stream.send_all(
+                        conn.send(h11.Response(status_code=response.status_code, headers=headers))
+                        + conn.send(h11.Data(data=content))
+                        + conn.send(h11.EndOfMessage())
+                    )
+                conn.start_next_cycle()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
             pass
         finally:
             self._long_streams.discard(stream)
+            for key, server in list(self._server_of.items()):
+                if server is stream:
+                    del self._server_of[key]
             await trio.aclose_forcefully(stream)
+
+    async def _long(
+        self, stream: trio.abc.HalfCloseableStream, conn: h11.Connection, cid: str, op: str
+    ) -> None:
+        self.calls.append((op, cid))
+        if self.unreachable:
+            return
+        stall = self.stall.get(op)
+        if stall:
+            await trio.sleep(stall)
+        if op in self.fail:
+            await self._long_error(stream, conn, *self.fail[op])
+            return
+        c = self._find(cid)
+        if c is None:
+            await self._long_error(stream, conn, 404, f"No such container: {cid}")
+            return
+        if op == "wait":
+            await c.exited.wait()
+            body = json.dumps({"StatusCode": c.exit_code, "Error": None}).encode()
+            await stream.send_all(
+                conn.send(
+                    h11.Response(status_code=200, headers=[("Content-Length", str(len(body)))])
+                )
+                + conn.send(h11.Data(data=body))
+                + conn.send(h11.EndOfMessage())
+            )
+            return
+        if op == "logs":
+            await self._follow_logs(stream, c)
+            return
+        await self._attach(stream, conn, c)
 
     async def _long_error(
         self, stream: trio.abc.HalfCloseableStream, conn: h11.Connection, status: int, message: str
@@ -685,3 +736,85 @@ class FakeTransport:
         if self.fake.containers[socket_path.name].refuse_connect:
             raise RequestNotSent(f"cannot connect to {socket_path}: Connection refused")
         return FakeConnection(self.fake.containers[socket_path.name], max_response)
+
+
+class _HalfClose:
+    """What ``get_extra_info("socket")`` gives: ``shutdown()`` ends the client's
+    sending side, as ``SHUT_WR`` on a real socket does."""
+
+    def __init__(self, send: trio.testing.MemorySendStream) -> None:
+        self._send = send
+
+    def shutdown(self, how: int) -> None:
+        self._send.close()
+
+
+class FakeNetworkStream(httpcore.AsyncNetworkStream):
+    """The client's end of an in-memory connection, as httpcore reads and writes it."""
+
+    def __init__(self, stream: trio.StapledStream[Any, Any], fake: FakeDocker) -> None:
+        self._stream = stream
+        self._fake = fake
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        try:
+            with trio.fail_after(timeout if timeout is not None else float("inf")):
+                return bytes(await self._stream.receive_some(max_bytes))
+        except trio.TooSlowError as e:
+            raise httpcore.ReadTimeout("timed out") from e
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            raise httpcore.ReadError(str(e)) from e
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            return
+        try:
+            with trio.fail_after(timeout if timeout is not None else float("inf")):
+                await self._stream.send_all(buffer)
+        except trio.TooSlowError as e:
+            raise httpcore.WriteTimeout("timed out") from e
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            raise httpcore.WriteError(str(e)) from e
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self._stream)
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "socket":
+            return _HalfClose(self._stream.send_stream)
+        if info == "is_readable":
+            return self._fake.server_gone(self._stream)
+        return None
+
+
+class FakeNetworkBackend(httpcore.AsyncNetworkBackend):
+    """Every connection the client opens goes to the fake engine."""
+
+    def __init__(self, fake: FakeDocker) -> None:
+        self._fake = fake
+
+    async def _open(self) -> httpcore.AsyncNetworkStream:
+        try:
+            stream = await self._fake.connect()
+        except OSError as e:
+            raise httpcore.ConnectError(str(e)) from e
+        assert isinstance(stream, trio.StapledStream)
+        return FakeNetworkStream(stream, self._fake)
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.AsyncNetworkStream:
+        return await self._open()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return await self._open()
+
+    async def sleep(self, seconds: float) -> None:
+        await trio.sleep(seconds)

@@ -25,7 +25,7 @@ from kiln.calls.lifecycle import Calls
 from kiln.config import AsyncConfig, Config, DaemonConfig, LimitsConfig, parse
 from kiln.containers.janitor import Janitor
 from kiln.containers.spec import Identity
-from kiln.docker import DockerClient
+from kiln.docker import Docker
 from kiln.functions.registry import FunctionRegistry
 from kiln.functions.spec import FunctionSpec
 from kiln.functions.store import FunctionStore
@@ -51,7 +51,7 @@ class Stack:
     state_dir: Path
 
     @property
-    def docker(self) -> DockerClient:
+    def docker(self) -> Docker:
         return self.daemon.docker
 
     @property
@@ -147,8 +147,7 @@ async def stack(
         metrics = Metrics()
         async with (
             FakeDocker() as fake,
-            DockerClient(
-                "/fake/docker.sock",
+            Docker(
                 timeout=docker_timeout,
                 observer=metrics.observe_docker,
                 **fake.client_kwargs(),

@@ -253,6 +253,12 @@ def cmd_show(args: argparse.Namespace) -> int:
             lines += [f"    {name}={value}" for name, value in sorted(v.items())]
         else:
             lines.append(f"  {k:15} {v}")
+    stats = info.get("stats") or {}
+    if stats.get("consecutive_failures"):
+        lines.append(
+            f"restart backoff: {stats['consecutive_failures']} failed start(s) in a row; "
+            f"the next min_warm start in {stats.get('restart_in', 0):.0f} s"
+        )
     lines.append("containers:")
     rows = [
         {

@@ -41,7 +41,7 @@ from kiln.calls.errors import CallError
 from kiln.config import Config
 from kiln.containers.spec import Identity
 from kiln.containers.sweep import sweep_orphans
-from kiln.docker import DockerClient, DockerError, DockerTimeout, DockerUnreachable
+from kiln.docker import Docker, DockerError, DockerTimeout, DockerUnreachable
 from kiln.functions.policy import HostPolicy, host_cpus
 from kiln.functions.spec import FunctionSpec
 from kiln.functions.store import FunctionStore
@@ -116,10 +116,29 @@ async def watch_signals(
                 on_force()
 
 
-async def check_docker(docker: DockerClient) -> None:
+#: The oldest Docker Engine API Kiln speaks (Docker 20.10); every call is pinned to it.
+DOCKER_API = "1.41"
+
+
+def _api_tuple(text: str) -> tuple[int, int]:
     try:
-        version = await docker.check_version()
-        log.info("Docker Engine %s at %s", version, docker.socket_path)
+        major, minor = text.split(".")[:2]
+        return int(major), int(minor)
+    except ValueError:
+        return (0, 0)
+
+
+async def check_docker(docker: Docker) -> None:
+    """Refuse engines older than :data:`DOCKER_API`; Docker down is not fatal."""
+    try:
+        data = await docker.version()
+        api = str(data.get("ApiVersion", "0.0"))
+        if _api_tuple(api) < _api_tuple(DOCKER_API):
+            raise FatalStartupError(
+                f"Docker Engine {data.get('Version', '?')} speaks API {api}; Kiln needs "
+                f"API {DOCKER_API} or newer (Docker 20.10+): upgrade Docker"
+            )
+        log.info("Docker Engine %s at %s", data.get("Version", "?"), docker.url)
     except (DockerUnreachable, DockerTimeout) as e:
         log.warning("%s; calls get 503 until Docker is back", e)
     except DockerError as e:
@@ -176,8 +195,9 @@ async def run_daemon(
             iofs.prepare()
         except (IofsUnsafe, OSError) as e:
             raise FatalStartupError(f"listener dirs: {e}") from e
-        async with DockerClient(
-            config.docker.socket,
+        async with Docker(
+            f"unix://{config.docker.socket}",
+            api_version="v" + DOCKER_API,
             timeout=config.docker.timeout,
             limiter=limiter,
             pool_size=config.docker.max_inflight,

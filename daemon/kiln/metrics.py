@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from kiln.containers.janitor import Janitor
     from kiln.functions.registry import FunctionRegistry
     from kiln.hot.supervisors import Supervisors
+    from kiln.logs.service import Logs
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (
@@ -165,6 +166,10 @@ class Metrics:
         """Read the async queue's figures at every scrape."""
         self.registry.register(_AsyncCollector(queue, dispatcher))
 
+    def attach_logs(self, logs: Logs) -> None:
+        """Function log lines kept and dropped (flood limit), read at every scrape."""
+        self.registry.register(_LogsCollector(logs))
+
     def observe_docker(self, operation: str, status: str, seconds: float) -> None:
         self.docker.labels(operation_label(operation), status).observe(seconds)
 
@@ -186,6 +191,26 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _LogsCollector(Collector):
+    def __init__(self, logs: Logs) -> None:
+        self.logs = logs
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        kept = CounterMetricFamily(
+            "kiln_function_log_lines", "Lines functions wrote that Kiln kept", labels=["function"]
+        )
+        dropped = CounterMetricFamily(
+            "kiln_function_log_lines_dropped",
+            "Lines dropped by the per-function flood limit ([logs] rate)",
+            labels=["function"],
+        )
+        for function, (n_kept, n_dropped) in self.logs.statistics().items():
+            kept.add_metric([function], n_kept)
+            dropped.add_metric([function], n_dropped)
+        yield kept
+        yield dropped
 
 
 def _label_sets(metric: Counter) -> list[tuple[str, ...]]:

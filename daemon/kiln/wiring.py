@@ -46,7 +46,7 @@ from kiln.config import Config, LogsConfig
 from kiln.containers.janitor import Janitor
 from kiln.containers.runtime import ContainerRuntime
 from kiln.containers.spec import Identity
-from kiln.docker import DockerClient
+from kiln.docker import Docker
 from kiln.functions.policy import HostPolicy
 from kiln.functions.registry import FunctionRegistry
 from kiln.functions.spec import FunctionSpec
@@ -76,7 +76,7 @@ class Daemon:
     """Every long-lived part of one running daemon."""
 
     config: Config
-    docker: DockerClient
+    docker: Docker
     identity: Identity
     memory: MemoryBudget
     janitor: Janitor
@@ -97,7 +97,7 @@ class Daemon:
         cls,
         config: Config,
         *,
-        docker: DockerClient,
+        docker: Docker,
         identity: Identity,
         functions: Mapping[str, FunctionSpec],
         store: FunctionStore,
@@ -170,6 +170,7 @@ class Daemon:
             janitor=janitor,
             host=host,
         )
+        metrics.attach_logs(logs)
         invoke_app = InvokeApp(calls, max_body=config.daemon.max_body, metrics=metrics)
         control_app = ControlApp(operations, logs=logs, tokens=tokens)
         asyncq: AsyncQueue | None = None

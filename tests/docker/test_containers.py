@@ -278,3 +278,32 @@ async def test_container_is_a_mapping_of_its_data() -> None:
         assert info["Id"] == container.id
         assert FILTERS  # the session removes what this run made
         await container.delete()
+
+
+async def test_websocket_attach_echoes_stdin() -> None:
+    async with Docker() as docker:
+        container = await create(docker, "cat", OpenStdin=True, AttachStdin=True, AttachStdout=True)
+        await container.start()
+        ws = await container.websocket(stdin=True, stdout=True, stream=True)
+        await ws.send_str("hello websocket\n")
+        got = b""
+        with anyio.fail_after(10):
+            while b"hello websocket\n" not in got:
+                got += await ws.receive_bytes()
+        await ws.close()
+        await container.delete(force=True)
+
+
+async def test_log_messages_and_read_batch_keep_streams_apart() -> None:
+    async with Docker() as docker:
+        container = await create(docker, "sh", "-c", "echo out; echo err >&2")
+        async with container.attach(stdout=True, stderr=True, tty=False) as stream:
+            await container.start()
+            seen: list[tuple[int, bytes]] = []
+            while (batch := await stream.read_batch()) is not None:
+                seen += [(m.stream, m.data) for m in batch]
+        assert sorted(seen) == [(1, b"out\n"), (2, b"err\n")]
+        await container.wait()
+        logged = sorted([(m.stream, m.data) async for m in container.log_messages()])
+        assert logged == [(1, b"out\n"), (2, b"err\n")]
+        await container.delete(force=True)

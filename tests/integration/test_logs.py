@@ -208,6 +208,8 @@ def test_flood_is_limited_with_a_counted_marker_and_others_stay_fast(
     dropped = sum(int(m.split()[1]) for m in markers)
     kept = [x for x in got if x["text"].startswith("flood line")]
     assert len(kept) + dropped >= 3000
+    metrics = httpx.get(f"{kiln.url}/metrics").text
+    assert f'kiln_function_log_lines_dropped_total{{function="chatty"}} {float(dropped)}' in metrics
     assert len(kept) < 3000
     # another function's calls are not held up by the flood
     t0 = time.monotonic()

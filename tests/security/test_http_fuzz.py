@@ -42,6 +42,7 @@ def test_raw_http_fuzz_on_the_invoke_port(start_daemon: Callable[..., Daemon]) -
         max_examples=EXAMPLES,
         deadline=None,
         database=None,
+        derandomize=True,  # the same requests in every run; bench/fuzz_soak.py goes further
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
     @given(request=raw_requests())

@@ -9,14 +9,17 @@ import random
 import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
-from kiln.asyncq.records import NewCall
+from kiln.asyncq.records import CallRecord, NewCall
 from kiln.asyncq.sqlite import SQLiteStore
 from kiln.asyncq.store import Accepted, QueueFull, StoreError
+from kiln.calls.lifecycle import CallResult
 from kiln.config import AsyncConfig
 from kiln.functions.spec import FunctionSpec
 from kiln.units import MiB
@@ -413,3 +416,75 @@ async def test_the_callers_request_is_kept(autojump_clock: trio.testing.MockCloc
         names = {k for k, _ in rec.headers}
         assert b"kiln-invoke-type" not in names
         assert b"idempotency-key" not in names
+
+
+async def test_calls_need_a_token_when_auth_is_on(tmp_path: Path) -> None:
+    from kiln.api.access import AccessGate
+    from kiln.api.auth import Tokens
+
+    tokens = Tokens(tmp_path / "t.json")
+    tok, _ = tokens.create("someone", ["other"])
+    reached: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    gate = AccessGate(app, tokens=tokens)
+    path = "/calls/" + "0" * 32
+    assert (await request(gate, "GET", path)).status == 401
+    assert (await request(gate, "DELETE", path)).status == 401
+    ok = await request(gate, "GET", path, headers=[(b"authorization", f"Bearer {tok}".encode())])
+    assert ok.status == 200
+    assert reached == [path]
+
+
+class FlakyClaims(MemoryStore):
+    """The first claims fail (the database restarting)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 3
+
+    def claim(
+        self, *, host: str, now: float, lease: float, exclude: Sequence[str], limit: int
+    ) -> list[CallRecord]:
+        if self.failures:
+            self.failures -= 1
+            raise StoreError("connection refused")
+        return super().claim(host=host, now=now, lease=lease, exclude=exclude, limit=limit)
+
+
+async def test_the_dispatcher_outlives_store_failures(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = FlakyClaims()
+    async with async_stack(store=store) as s:
+        store.failures = 3
+        call_id = (await accept(s, "echo", b"x")).headers["kiln-call-id"]
+        assert (await wait_done(s, call_id)).json()["state"] == "succeeded"
+        assert store.failures == 0
+
+
+async def test_an_unexpected_error_fails_the_call_not_the_daemon(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with async_stack() as s:
+        d = s.daemon.dispatcher
+        assert d is not None
+        real = d.runner
+
+        class Broken:
+            async def call(self, name: str, body: bytes, **kw: Any) -> CallResult:
+                if body == b"boom":
+                    raise RuntimeError("a bug")
+                return await real.call(name, body, **kw)
+
+        d.runner = Broken()
+        bad = (await accept(s, "echo", b"boom")).headers["kiln-call-id"]
+        done = (await wait_done(s, bad)).json()
+        assert done["state"] == "failed"
+        assert done["result"]["status"] == 500
+        good = (await accept(s, "echo", b"fine")).headers["kiln-call-id"]
+        assert (await wait_done(s, good)).json()["state"] == "succeeded"

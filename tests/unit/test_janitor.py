@@ -5,13 +5,15 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
+import kiln.containers.janitor as janitor_module
 from kiln.containers.janitor import BACKOFF_MAX, BACKOFF_START, Janitor, JanitorStatistics
-from kiln.docker import DockerClient, DockerUnreachable
+from kiln.docker import Docker, DockerUnreachable
 from tests.fakedocker import FakeDocker
 
 
@@ -19,7 +21,7 @@ from tests.fakedocker import FakeDocker
 async def janitor() -> AsyncIterator[tuple[FakeDocker, Janitor]]:
     async with (
         FakeDocker() as fake,
-        DockerClient("/fake/docker.sock", **fake.client_kwargs()) as docker,
+        Docker(**fake.client_kwargs()) as docker,
         trio.open_nursery() as nursery,
     ):
         j = Janitor(docker)
@@ -29,8 +31,8 @@ async def janitor() -> AsyncIterator[tuple[FakeDocker, Janitor]]:
 
 
 async def make_container(fake: FakeDocker) -> str:
-    async with DockerClient("/fake/docker.sock", **fake.client_kwargs()) as docker:
-        return await docker.create_container({"Image": "busybox", "Cmd": ["sleep"]})
+    async with Docker(**fake.client_kwargs()) as docker:
+        return (await docker.containers.create({"Image": "busybox", "Cmd": ["sleep"]})).id
 
 
 def removes(fake: FakeDocker) -> int:
@@ -70,17 +72,17 @@ async def test_retries_on_a_doubling_backoff_until_docker_is_back(
         cid = await make_container(fake)
         attempts: list[float] = []
         enough = trio.Event()
-        real_remove = j.docker.remove
+        real_remove = janitor_module.remove_container  # type: ignore[attr-defined]
 
-        async def remove(target: str, *, force: bool = True) -> bool:
+        async def remove(docker: Docker, target: str, **kwargs: Any) -> bool:
             attempts.append(trio.current_time())
             if len(attempts) == 9:
                 enough.set()
             if not enough.is_set():
                 raise DockerUnreachable("connection refused")
-            return await real_remove(target, force=force)
+            return await real_remove(docker, target, **kwargs)
 
-        monkeypatch.setattr(j.docker, "remove", remove)
+        monkeypatch.setattr(janitor_module, "remove_container", remove)
         j.remove_later(cid, "echo")
         await enough.wait()
         gaps = [b - a for a, b in itertools.pairwise(attempts)]

@@ -234,6 +234,7 @@ async def test_flooding_function_is_limited_with_a_counted_marker() -> None:
     c.feed([Frame(1, b"".join(b"line %d\n" % i for i in range(1000)))])
     assert logs.store.usage("flood")[0] == 10
     assert logs.dropped_total("flood") == 990
+    assert logs.statistics() == {"flood": (10, 990)}
     await trio.sleep(1)
     c.feed([Frame(1, b"after\n")])
     texts = [x.text for x in logs.query("flood", Query(tail=2))]

@@ -23,8 +23,8 @@ from kiln.containers.runtime import (
 )
 from kiln.containers.spec import Identity, container_config
 from kiln.docker import (
+    Docker,
     DockerAPIError,
-    DockerClient,
     DockerNotFound,
     DockerProtocolError,
     DockerTimeout,
@@ -44,7 +44,7 @@ CONFIG = container_config(SPEC, IDENTITY, stdio=True)
 async def engine() -> AsyncIterator[tuple[FakeDocker, ContainerRuntime, Janitor]]:
     async with (
         FakeDocker() as fake,
-        DockerClient("/fake/docker.sock", timeout=30, **fake.client_kwargs()) as docker,
+        Docker(timeout=30, **fake.client_kwargs()) as docker,
     ):
         janitor = Janitor(docker)
         async with trio.open_nursery() as nursery:

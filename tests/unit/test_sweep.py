@@ -7,7 +7,7 @@ import trio.testing
 
 from kiln.containers.spec import Identity
 from kiln.containers.sweep import sweep_orphans
-from kiln.docker import DockerClient
+from kiln.docker import Docker
 from tests.fakedocker import FakeDocker
 
 
@@ -22,12 +22,12 @@ def labels(daemon: str, instance: str) -> dict[str, object]:
 async def test_sweep_removes_other_instances_of_this_daemon(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with FakeDocker() as fake, DockerClient("/fake", **fake.client_kwargs()) as docker:
+    async with FakeDocker() as fake, Docker(**fake.client_kwargs()) as docker:
         me = Identity("d1", instance="now")
-        old = [await docker.create_container(labels("d1", "crashed")) for _ in range(3)]
-        await docker.start(old[0])
-        mine = await docker.create_container(labels("d1", "now"))
-        other = await docker.create_container(labels("d2", "x"))
+        old = [(await docker.containers.create(labels("d1", "crashed"))).id for _ in range(3)]
+        await docker.containers.container(old[0]).start()
+        mine = (await docker.containers.create(labels("d1", "now"))).id
+        other = (await docker.containers.create(labels("d2", "x"))).id
         result = await sweep_orphans(docker, me)
         assert (result.found, result.removed, result.failed) == (3, 3, 0)
         assert set(fake.containers) == {mine, other}
@@ -38,10 +38,10 @@ async def test_sweep_is_bounded_in_time(autojump_clock: trio.testing.MockClock) 
     shielded mutations and end within Docker's own timeout (30 s here)."""
     async with (
         FakeDocker() as fake,
-        DockerClient("/fake", timeout=30, **fake.client_kwargs()) as docker,
+        Docker(timeout=30, **fake.client_kwargs()) as docker,
     ):
         for _ in range(20):
-            await docker.create_container(labels("d1", "crashed"))
+            await docker.containers.create(labels("d1", "crashed"))
         fake.stall["remove"] = 300  # Docker hangs on every removal
         t0 = trio.current_time()
         result = await sweep_orphans(docker, Identity("d1"), timeout=45)
@@ -55,6 +55,6 @@ async def test_sweep_is_bounded_in_time(autojump_clock: trio.testing.MockClock) 
 async def test_sweep_with_docker_down_does_not_raise(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with FakeDocker() as fake, DockerClient("/fake", **fake.client_kwargs()) as docker:
+    async with FakeDocker() as fake, Docker(**fake.client_kwargs()) as docker:
         fake.unreachable = True
         assert (await sweep_orphans(docker, Identity("d1"))).found == 0

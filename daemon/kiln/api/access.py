@@ -4,6 +4,8 @@ An ASGI wrapper, so the invoke app itself knows nothing of either:
 
 * ``/healthz`` is always open;
 * ``/metrics`` needs a token when ``[metrics] require_token`` is set;
+* ``/calls/{id}`` (an async call's record and result) needs a valid token with
+  ``auth = "token"``;
 * ``/invoke/{name}…``: a CORS preflight is answered here (before auth:
   browsers send no credentials with it); with ``auth = "token"`` the call needs
   a token for ``name`` (401 / 403 otherwise); answers to an allowed origin carry
@@ -81,6 +83,12 @@ class AccessGate:
                 send = _with_headers(send, extra)
             await self.app(scope, receive, send)
             return
+        if (
+            path.startswith("/calls/")
+            and self.tokens is not None
+            and not await self._authorized(send, headers, None, [])
+        ):
+            return  # an async call's record and result: any valid token
         if (
             path == "/metrics"
             and self.metrics_need_token

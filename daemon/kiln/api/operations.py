@@ -23,7 +23,7 @@ from kiln.calls.errors import CallError
 from kiln.calls.lifecycle import Calls
 from kiln.config import Config, ConfigError, load
 from kiln.containers.janitor import Janitor
-from kiln.docker import DockerClient, DockerError, DockerNotFound
+from kiln.docker import Docker, DockerError, DockerNotFound
 from kiln.functions.policy import HostPolicy
 from kiln.functions.registry import FunctionRegistry
 from kiln.functions.spec import FunctionSpec
@@ -66,7 +66,7 @@ class Operations:
         calls: Calls,
         supervisors: Supervisors,
         memory: MemoryBudget,
-        docker: DockerClient,
+        docker: Docker,
         store: FunctionStore,
         capacity: int,
         on_drain: Callable[[], None],
@@ -147,7 +147,7 @@ class Operations:
         reachable = True
         try:
             with trio.move_on_after(2) as scope:
-                await self.docker.ping()
+                await self.docker.ping(timeout=2)
             reachable = not scope.cancelled_caught
         except DockerError:
             reachable = False
@@ -165,7 +165,10 @@ class Operations:
             "containers": by_state,
             "functions": len(self.registry),
             "calls_in_flight": self.calls.inflight,
-            "docker": {"socket": self.docker.socket_path, "reachable": reachable},
+            "docker": {
+                "socket": self.docker.socket_path or self.docker.url,
+                "reachable": reachable,
+            },
             "draining": self.calls.draining,
             "janitor_pending": self.janitor.pending if self.janitor else 0,
             "restart_backoff": {
@@ -216,7 +219,7 @@ class Operations:
         """
         try:
             with trio.move_on_after(5):
-                await self.docker.image_inspect(spec.image)
+                await self.docker.images.inspect(spec.image)
         except DockerNotFound:
             return (
                 f"image {spec.image!r} is not on this host: Kiln never pulls, so calls of "

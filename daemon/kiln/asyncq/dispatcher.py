@@ -174,21 +174,24 @@ class Dispatcher:
                 self.queue.counters.started += 1
                 nursery.start_soon(self._run_one, record, memory)
             claims += len(claimed)
+            if claims >= 256:  # the queue's figures, now and then while busy
+                claims = 0
+                await self._refresh_stats()
             if claimed and len(claimed) == limit:
-                if claims >= 256:
-                    claims = 0
-                    await self._refresh_stats()
                 continue
             if self.stopping:
                 break
+            if limit == 0:
+                await self._wake.wait()  # every function is at its limit: a call ending wakes us
+                continue
+            if claimed:
+                continue  # took fewer than asked: the next round sleeps if nothing is due
             try:
-                due = None if limit == 0 else await self.store.next_due(exclude=exclude)
+                due = await self.store.next_due(exclude=exclude)
             except StoreError as e:
                 log.warning("async: reading the queue failed (%s)", e)
                 due = self.clock.now() + STORE_RETRY
             await self._refresh_stats()
-            if claimed:
-                continue  # took fewer than asked: more may be due right away
             with trio.move_on_at(self.clock.deadline(due)):
                 await self._wake.wait()
 
@@ -231,6 +234,19 @@ class Dispatcher:
     async def _run_one(self, record: CallRecord, memory: int) -> None:
         try:
             await self._attempt(record)
+        except Exception as e:
+            # A bug, not the call's failure (Calls.call returns those): keep the
+            # dispatcher alive and fail the call with a 500.
+            log.exception("async call %s of %s: unexpected error", record.id, record.function)
+            message = f"internal error: {type(e).__name__}: {e}"
+            outcome = Outcome(500, (), error_body("internal", message), False, message)
+            self.queue.counters.failed += 1
+            await self._record(
+                "finish",
+                lambda: self.store.finish(
+                    record.id, host=self.queue.host, ok=False, outcome=outcome, now=self.clock.now()
+                ),
+            )
         finally:
             self.held -= memory
             self.running[record.function] -= 1

@@ -237,16 +237,11 @@ class PostgresStore:
     ) -> list[CallRecord]:
         cols = ", ".join(f"calls.{c.strip()}" for c in COLUMNS.split(","))
 
-        def tx(db: psycopg.Connection[Any]) -> list[CallRecord]:
-            db.execute(LAZY_COMMIT)
-            rows = db.execute(
+        def take(db: psycopg.Connection[Any], where: str, order: str, n: int) -> list[Any]:
+            return db.execute(
                 "WITH due_calls AS ("
-                "  SELECT id FROM calls"
-                "  WHERE ((state = 'queued' AND due <= %(now)s)"
-                "      OR (state = 'running' AND lease_until <= %(now)s))"
-                "    AND NOT (function = ANY(%(exclude)s))"
-                "  ORDER BY due, created LIMIT %(limit)s"
-                "  FOR UPDATE SKIP LOCKED"
+                f"  SELECT id FROM calls WHERE {where} AND NOT (function = ANY(%(exclude)s))"
+                f"  ORDER BY {order} LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
                 ") "
                 "UPDATE calls SET state = 'running', attempts = calls.attempts + 1, "
                 "  host = %(host)s, started = %(now)s, lease_until = %(lease_until)s, "
@@ -255,15 +250,21 @@ class PostgresStore:
                 {
                     "now": now,
                     "exclude": list(exclude),
-                    "limit": limit,
+                    "limit": n,
                     "host": host,
                     "lease_until": now + lease,
                     "died": HOST_DIED,
                 },
             ).fetchall()
-            out = [_record(r) for r in rows]
-            out.sort(key=lambda r: (r.due, r.created))
-            return out
+
+        def tx(db: psycopg.Connection[Any]) -> list[CallRecord]:
+            db.execute(LAZY_COMMIT)
+            # Calls whose host died first (they are older), then due queued calls;
+            # each query walks its own partial index in order.
+            rows = take(db, "state = 'running' AND lease_until <= %(now)s", "lease_until", limit)
+            if len(rows) < limit:
+                rows += take(db, "state = 'queued' AND due <= %(now)s", "due", limit - len(rows))
+            return [_record(r) for r in rows]
 
         return self._run(tx)
 

@@ -275,7 +275,7 @@ class SQLiteStore:
             if exclude:
                 sql += f" AND function NOT IN ({', '.join('?' * len(exclude))})"
                 args.extend(exclude)
-            sql += " ORDER BY due, created LIMIT ?"
+            sql += " ORDER BY due LIMIT ?"
             args.append(limit)
             out: list[CallRecord] = []
             for row in db.execute(sql, args).fetchall():

@@ -22,7 +22,7 @@ from kiln.calls.errors import CallError, CallTimeout, FunctionFailed, OutputTooL
 from kiln.containers.logtail import StderrTail
 from kiln.containers.runtime import ContainerRuntime, docker_failures
 from kiln.containers.spec import Identity, container_config, container_name
-from kiln.docker import STDOUT, AttachStream, DockerUnreachable
+from kiln.docker import STDOUT, DockerUnreachable, Stream
 from kiln.fncontract import PLAIN_POST, HttpRequest
 from kiln.functions.spec import FunctionSpec
 from kiln.logs.service import ContainerLog, Logs
@@ -89,7 +89,7 @@ def http_env(http: HttpRequest) -> dict[str, str]:
 
 
 async def _pump(
-    stream: AttachStream,
+    stream: Stream,
     body: bytes,
     max_output: int,
     spec: FunctionSpec,
@@ -102,8 +102,8 @@ async def _pump(
     async def feed_stdin() -> None:
         try:
             for i in range(0, len(body), STDIN_CHUNK):
-                await stream.send_all(body[i : i + STDIN_CHUNK])
-            await stream.send_eof()
+                await stream.write_in(body[i : i + STDIN_CHUNK])
+            await stream.write_eof()
         except DockerUnreachable:
             # The function exited (or closed stdin) without reading all its input:
             # not an error by itself; its exit code says how it went.
@@ -111,7 +111,7 @@ async def _pump(
 
     async with open_nursery() as nursery:
         nursery.start_soon(feed_stdin)
-        while (frames := await stream.receive()) is not None:
+        while (frames := await stream.read_batch()) is not None:
             err_frames = []
             for frame in frames:
                 if frame.stream == STDOUT:

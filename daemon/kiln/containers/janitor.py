@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import trio
 
-from kiln.docker import DockerClient, DockerError
+from kiln.containers.removal import remove_container
+from kiln.docker import Docker, DockerError
 
 log = logging.getLogger("kiln.janitor")
 
@@ -40,7 +41,7 @@ class JanitorStatistics:
 
 
 class Janitor:
-    def __init__(self, docker: DockerClient) -> None:
+    def __init__(self, docker: Docker) -> None:
         self.docker = docker
         self._pending: dict[str, str] = {}  # container id → function
         self._wake = trio.Event()
@@ -74,11 +75,12 @@ class Janitor:
         with trio.CancelScope(shield=True), trio.move_on_after(timeout):
             for cid, function in list(self._pending.items()):
                 try:
-                    await self.docker.remove(cid, force=True)
+                    await remove_container(self.docker, cid, http_timeout=timeout)
                 except DockerError as e:
                     log.warning("cannot remove container %s of %s: %s", shown(cid), function, e)
                     break
-                del self._pending[cid]
+                if self._pending.pop(cid, None) is None:
+                    continue  # the other of run() and flush() got there first
                 self._removed_total += 1
                 log.info("removed left-over container %s of %s", shown(cid), function)
         if self._pending:
@@ -101,14 +103,15 @@ class Janitor:
                 self._attempts_total += 1
                 try:
                     with trio.CancelScope(shield=True):
-                        await self.docker.remove(cid, force=True)
+                        await remove_container(self.docker, cid)
                 except DockerError as e:
                     log.warning(
                         "still cannot remove container %s of %s: %s", shown(cid), function, e
                     )
                     failed = True
                     break
-                del self._pending[cid]
+                if self._pending.pop(cid, None) is None:
+                    continue  # the other of run() and flush() got there first
                 self._removed_total += 1
                 log.info("removed left-over container %s of %s", shown(cid), function)
             if failed:

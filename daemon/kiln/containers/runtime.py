@@ -36,15 +36,17 @@ import trio
 
 from kiln.calls.errors import CallError, FunctionFailed, Unavailable
 from kiln.containers.janitor import Janitor, shown
+from kiln.containers.removal import remove_container
 from kiln.docker import (
-    AttachStream,
+    Docker,
     DockerAPIError,
-    DockerClient,
+    DockerConflict,
     DockerError,
     DockerNotConnected,
     DockerNotFound,
     DockerTimeout,
     DockerUnreachable,
+    Stream,
 )
 from kiln.functions.spec import FunctionSpec
 
@@ -121,7 +123,7 @@ class ContainerRuntime:
     """Creates, starts, kills and removes containers over one Docker client."""
 
     def __init__(
-        self, docker: DockerClient, *, janitor: Janitor | None = None, log_driver: str = "none"
+        self, docker: Docker, *, janitor: Janitor | None = None, log_driver: str = "none"
     ) -> None:
         self.docker = docker
         self.janitor = janitor
@@ -142,34 +144,40 @@ class ContainerRuntime:
         box.create_sent = True
         with docker_failures(box.spec):
             try:
-                box.id = await self.docker.create_container(config, name=box.name)
+                container = await self.docker.containers.create(config, name=box.name)
             except (DockerNotConnected, DockerAPIError):
                 # Never reached Docker, or Docker refused it: nothing was created,
                 # so there is nothing to remove (nor to hand the janitor).
                 box.create_sent = False
                 raise
+        box.id = container.id
         return box.id
 
     async def start(self, box: Box) -> None:
         with docker_failures(box.spec):
-            await self.docker.start(box.ref)
+            await self.docker.containers.container(box.ref).start()
 
     @asynccontextmanager
-    async def attach(self, box: Box) -> AsyncIterator[AttachStream]:
+    async def attach(self, box: Box) -> AsyncIterator[Stream]:
         """The container's stdio (attach before start). A DockerError the stream
         raises inside the block leaves it as the caller's :class:`CallError`."""
+        container = self.docker.containers.container(box.ref)
         with docker_failures(box.spec):
-            async with self.docker.attach(box.ref) as stream:
+            async with container.attach(stdin=True, stdout=True, stderr=True, tty=False) as stream:
                 yield stream
 
     async def wait(self, box: Box) -> int:
         """Block until the container stops; its exit code."""
         with docker_failures(box.spec):
-            return (await self.docker.wait(box.ref)).status_code
+            result = await self.docker.containers.container(box.ref).wait()
+        code = result.get("StatusCode")
+        if not isinstance(code, int):
+            raise call_error(DockerError(500, f"unreadable wait answer {result!r}"), box.spec)
+        return code
 
     async def oom_killed(self, box: Box) -> bool:
         with docker_failures(box.spec):
-            state = (await self.docker.inspect(box.ref)).get("State", {})
+            state = (await self.docker.containers.container(box.ref).show()).get("State", {})
         return bool(state.get("OOMKilled"))
 
     async def kill(self, box: Box) -> None:
@@ -178,7 +186,11 @@ class ContainerRuntime:
             return
         with trio.CancelScope(shield=True), trio.move_on_after(KILL_TIMEOUT):
             try:
-                await self.docker.kill(box.ref)
+                await self.docker.containers.container(box.ref).kill(
+                    signal="KILL", timeout=KILL_TIMEOUT
+                )
+            except (DockerNotFound, DockerConflict):
+                pass  # already stopped or gone
             except DockerError as e:
                 log.warning("could not kill container %s of %s: %s", box.name, box.spec.name, e)
 
@@ -193,7 +205,7 @@ class ContainerRuntime:
             removed = False
             with trio.move_on_after(CLEANUP_TIMEOUT):
                 try:
-                    await self.docker.remove(ref, force=True)
+                    await remove_container(self.docker, ref, http_timeout=CLEANUP_TIMEOUT)
                     removed = True
                 except DockerError as e:
                     log.error("could not remove container %s of %s: %s", shown(ref), function, e)

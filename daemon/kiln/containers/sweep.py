@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import trio
 
+from kiln.containers.removal import remove_container
 from kiln.containers.spec import LABEL_DAEMON, LABEL_FUNCTION, LABEL_INSTANCE, Identity
-from kiln.docker import DockerClient, DockerError
+from kiln.docker import Docker, DockerError
 
 log = logging.getLogger("kiln.sweep")
 
@@ -31,14 +32,19 @@ class SweepResult:
 
 
 async def sweep_orphans(
-    docker: DockerClient,
+    docker: Docker,
     identity: Identity,
     *,
     timeout: float = SWEEP_TIMEOUT,  # noqa: ASYNC109
 ) -> SweepResult:
     """Remove this daemon's containers from other instances. Never raises DockerError."""
     try:
-        listed = await docker.list_containers({LABEL_DAEMON: identity.daemon_id})
+        listed = [
+            c._container
+            for c in await docker.containers.list(
+                all=True, filters={"label": [f"{LABEL_DAEMON}={identity.daemon_id}"]}
+            )
+        ]
     except DockerError as e:
         log.warning("orphan sweep skipped: %s", e)
         return SweepResult(0, 0, 0, False)
@@ -55,7 +61,7 @@ async def sweep_orphans(
         assert isinstance(labels, dict)
         async with limit:
             try:
-                await docker.remove(cid, force=True)
+                await remove_container(docker, cid)
                 removed += 1
                 log.info(
                     "removed orphan %s of %s (instance %s)",

@@ -3,12 +3,9 @@
 ``import kiln.docker as aiodocker`` and a program written for aiodocker runs, under
 asyncio or under Trio. Kiln's finer errors (:mod:`kiln.docker.errors`) are subclasses of
 :class:`DockerError`.
-
-The older Trio-only ``DockerClient`` is still exported while the daemon moves over.
 """
 
 from kiln.docker.api import Docker, Limiter
-from kiln.docker.client import AttachStream, DockerClient, WaitResult
 from kiln.docker.containers import DockerContainer, DockerContainers
 from kiln.docker.errors import (
     DockerAPIError,
@@ -38,10 +35,8 @@ from kiln.docker.volumes import DockerVolume, DockerVolumes
 __all__ = [
     "STDERR",
     "STDOUT",
-    "AttachStream",
     "Docker",
     "DockerAPIError",
-    "DockerClient",
     "DockerConflict",
     "DockerContainer",
     "DockerContainerError",
@@ -69,5 +64,4 @@ __all__ = [
     "Limiter",
     "Message",
     "Stream",
-    "WaitResult",
 ]

@@ -36,6 +36,7 @@ import httpcore
 
 from kiln.docker.containers import DockerContainers
 from kiln.docker.errors import (
+    DockerNotConnected,
     DockerProtocolError,
     DockerTimeout,
     DockerUnreachable,
@@ -104,8 +105,9 @@ class Docker:
     """A Docker Engine client, aiodocker's API on anyio. Make it anywhere (no I/O);
     end it with ``await docker.close()`` (or use ``async with``).
 
-    ``connector`` (a :class:`Transport`) replaces both connection pools — the seam for
-    a fake engine; ``connect`` opens the events listener's connections.
+    ``network_backend`` (httpcore's) opens the connections of both pools — the seam
+    for a fake engine; ``connector`` (a :class:`Transport`) replaces both pools;
+    ``connect`` opens the events listener's connections.
     """
 
     def __init__(
@@ -122,12 +124,17 @@ class Docker:
         limiter: Limiter | None = None,
         observer: Observer | None = None,
         connect: Connector | None = None,
+        network_backend: httpcore.AsyncNetworkBackend | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self._endpoint: Endpoint = resolve(
             url, context, os.environ if env is None else env, ssl_context=ssl_context
         )
         self.docker_host: str = self._endpoint.docker_host
+        #: Where the engine is, in full (``docker_host`` says only "unix://localhost").
+        self.url = f"unix://{self._endpoint.uds}" if self._endpoint.uds else self._endpoint.base_url
+        #: The engine's unix socket, if that is how it is reached.
+        self.socket_path: str | None = self._endpoint.uds
         self.api_version = api_version
         self.timeout = timeout
         self._pool_size = pool_size
@@ -148,6 +155,7 @@ class Docker:
                 max_connections=pool_size,
                 max_keepalive_connections=pool_size,
                 uds=self._endpoint.uds,
+                network_backend=network_backend,
             )
         )
         self._long: Transport = connector or httpcore.AsyncConnectionPool(
@@ -155,6 +163,7 @@ class Docker:
             max_connections=None,
             max_keepalive_connections=0,
             uds=self._endpoint.uds,
+            network_backend=network_backend,
         )
         self._connect: Connector = connect or (lambda: connect_endpoint(self._endpoint))
         self.containers = DockerContainers(self)
@@ -186,9 +195,13 @@ class Docker:
         data = await self._query_json("version", operation="version")
         return dict(data)
 
-    async def _ping(self) -> str:
-        response = await self._query("_ping", operation="ping")
+    async def _ping(self, timeout: float | object | None = ...) -> str:
+        response = await self._query("_ping", operation="ping", timeout=timeout)
         return response.text
+
+    async def ping(self, timeout: float | object | None = ...) -> str:
+        """``GET /_ping`` (Kiln's addition; aiodocker has only ``_ping``)."""
+        return await self._ping(timeout)
 
     # ---- the request path ------------------------------------------------
 
@@ -215,6 +228,10 @@ class Docker:
     def _convert(self, e: Exception, operation: str) -> Exception:
         if isinstance(e, httpcore.TimeoutException):
             return DockerTimeout(f"{operation}: Docker did not answer in time ({type(e).__name__})")
+        if isinstance(e, (httpcore.ConnectError, ConnectionRefusedError, FileNotFoundError)):
+            return DockerNotConnected(
+                f"{operation}: cannot reach Docker at {self.docker_host}: {e or type(e).__name__}"
+            )
         if isinstance(e, (httpcore.NetworkError, httpcore.RemoteProtocolError, OSError)):
             return DockerUnreachable(
                 f"{operation}: cannot reach Docker at {self.docker_host}: {e or type(e).__name__}"
@@ -366,6 +383,13 @@ class Docker:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
 
+    async def _read_body(self, response: httpcore.Response, operation: str) -> bytes:
+        """A long call's whole answer; a connection that breaks mid-answer is Docker gone."""
+        try:
+            return await response.aread()
+        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as e:
+            raise self._convert(e, operation) from e
+
     async def _stream_chunks(
         self, response: httpcore.Response, operation: str
     ) -> AsyncIterator[bytes]:
@@ -384,7 +408,7 @@ class Docker:
         try:
             stream = await self._connect()
         except OSError as e:
-            raise DockerUnreachable(
+            raise DockerNotConnected(
                 f"cannot reach Docker at {self.docker_host}: {e.strerror or e}"
             ) from e
         exchange = H11Exchange(stream, host=self._host.decode())

@@ -17,7 +17,8 @@ from kiln.docker.execs import Exec
 from kiln.docker.frames import FrameDecoder
 from kiln.docker.jsonstream import JsonStreamDecoder
 from kiln.docker.params import filters_param
-from kiln.docker.stream import Stream, StreamSetup
+from kiln.docker.stream import Message, Stream, StreamSetup
+from kiln.docker.websocket import DockerWebSocket, open_websocket
 
 if TYPE_CHECKING:
     from kiln.docker.api import Docker
@@ -191,11 +192,12 @@ class DockerContainer:
             operation="restart container",
         )
 
-    async def kill(self, **kwargs: Any) -> None:
+    async def kill(self, *, timeout: float | object | None = ..., **kwargs: Any) -> None:
         await self.docker._query(
             self._path("/kill"),
             "POST",
             params=kwargs,
+            timeout=timeout,
             operation="kill container",
         )
 
@@ -239,7 +241,7 @@ class DockerContainer:
                 async with self.docker._stream(
                     self._path("/wait"), "POST", params=kwargs, operation="wait container"
                 ) as response:
-                    body = await response.aread()
+                    body = await self.docker._read_body(response, "wait container")
         except TimeoutError as e:
             if isinstance(e, DockerTimeout):
                 raise
@@ -317,14 +319,20 @@ class DockerContainer:
                     yield frame.data.decode("utf-8", "replace")
             decoder.eof()
 
-    async def log_frames(self, *, tail: int | str = "all") -> list[tuple[int, bytes]]:
-        """Kiln's addition: the (non-TTY) log as ``(stream, bytes)`` frames."""
-        response = await self.docker._query(
-            self._path("/logs"),
-            params={"stdout": True, "stderr": True, "tail": tail},
-            operation="container logs",
-        )
-        return [(f.stream, f.data) for f in FrameDecoder().feed(response.content)]
+    async def log_messages(
+        self, *, follow: bool = False, tail: int | str = "all"
+    ) -> AsyncIterator[Message]:
+        """Kiln's addition: a non-TTY container's output as :class:`Message` s (stream
+        and bytes), up to now or, with ``follow``, until it exits (own connection)."""
+        params = {"stdout": True, "stderr": True, "follow": follow, "tail": tail}
+        async with self.docker._stream(
+            self._path("/logs"), params=params, operation="container logs"
+        ) as response:
+            decoder = FrameDecoder()
+            async for chunk in self.docker._stream_chunks(response, "container logs"):
+                for frame in decoder.feed(chunk):
+                    yield Message(frame.stream, frame.data)
+            decoder.eof()
 
     @overload
     def stats(self, *, stream: Literal[True] = ...) -> AsyncIterator[dict[str, Any]]: ...
@@ -354,6 +362,11 @@ class DockerContainer:
             async for chunk in self.docker._stream_chunks(response, "container stats"):
                 for item in decoder.feed(chunk):
                     yield item
+
+    async def websocket(self, **params: Any) -> DockerWebSocket:
+        """The container's stdio over a websocket (``stdin``, ``stdout``, ``stderr``,
+        ``stream``, ``logs`` as query parameters)."""
+        return await open_websocket(self.docker, self._path("/attach/ws"), params)
 
     def attach(
         self,

@@ -138,6 +138,15 @@ class Stream:
             self._pending = [Message(f.stream, f.data) for f in self._decoder.feed(data)]
         return self._pending.pop(0)
 
+    async def read_batch(self) -> list[Message] | None:
+        """Kiln's addition: every message one read of the connection completes (at
+        least one), or None once the stream has ended."""
+        first = await self.read_out()
+        if first is None:
+            return None
+        batch, self._pending = [first, *self._pending], []
+        return batch
+
     async def write_in(self, data: bytes) -> None:
         network = await self._init()
         try:

@@ -299,7 +299,7 @@ class Launcher:
                 task_status.started()
                 started = True
                 feed = output.feed
-                while (frames := await stream.receive()) is not None:
+                while (frames := await stream.read_batch()) is not None:
                     feed(frames)
         except CallError as e:
             if not started:

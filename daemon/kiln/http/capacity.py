@@ -60,9 +60,9 @@ class Capacity:
         self.max_connections = max_connections
         self.open = 0
         #: Idle connections, oldest first.
-        self.idle: dict[Handle, None] = {}
+        self.idle: dict[Handle, bool] = {}
         #: Connections receiving a request head or body, oldest first.
-        self.reading: dict[Handle, None] = {}
+        self.reading: dict[Handle, bool] = {}
         self._closed = ParkingLot()  # a connection closed
         self._changed = ParkingLot()  # a connection closed or became evictable
         self._pending_accepts: set[trio.CancelScope] = set()
@@ -78,13 +78,15 @@ class Capacity:
     def busy_now(self, handle: Handle) -> None:
         self._set(handle, None)
 
-    def _set(self, handle: Handle, group: dict[Handle, None] | None) -> None:
-        self.idle.pop(handle, None)
-        self.reading.pop(handle, None)
-        if group is not None and not handle.evicted:
-            group[handle] = None
-            self._changed.unpark_all()
-        elif self.full():
+    def _set(self, handle: Handle, group: dict[Handle, bool] | None) -> None:
+        # (on every request: kept cheap, parking lots touched only when someone waits)
+        left = self.idle.pop(handle, False) or self.reading.pop(handle, False)
+        if group is not None:
+            if not handle.evicted:
+                group[handle] = True
+                if self._changed:
+                    self._changed.unpark_all()
+        elif left and self._pending_accepts and self.full():
             for scope in self._pending_accepts:
                 scope.cancel()  # nothing left to evict: stop accepting for now
 
@@ -119,8 +121,10 @@ class Capacity:
     def closed(self, handle: Handle) -> None:
         self.busy_now(handle)
         self.open -= 1
-        self._closed.unpark_all()
-        self._changed.unpark_all()
+        if self._closed:
+            self._closed.unpark_all()
+        if self._changed:
+            self._changed.unpark_all()
 
     # ---------------------------------------------------------------- waiting
 

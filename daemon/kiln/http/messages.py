@@ -28,7 +28,9 @@ def error_response(
     ) + body
 
 
-def make_scope(request: h11.Request, client: Any, server: Any) -> Scope:
+def make_scope(
+    request: h11.Request, headers: list[tuple[bytes, bytes]], client: Any, server: Any
+) -> Scope:
     raw_path, _, query = request.target.partition(b"?")
     if b"%" in raw_path:
         path = unquote_to_bytes(raw_path).decode("utf-8", "replace")
@@ -44,7 +46,7 @@ def make_scope(request: h11.Request, client: Any, server: Any) -> Scope:
         "raw_path": raw_path,
         "query_string": query,
         "root_path": "",
-        "headers": list(request.headers),
+        "headers": headers,
         "client": client,
         "server": server,
     }

@@ -225,9 +225,14 @@ class _Server:
                 event = await self._next_request(conn, stream, handle)
                 if event is None:
                     return
-                if handle.evicted and isinstance(event, h11.Request):
-                    # evicted as its head arrived: tell the client, do not serve it
-                    event = error_response(503, "overloaded", EVICTED)
+                headers: list[tuple[bytes, bytes]] = []
+                if isinstance(event, h11.Request):
+                    headers = list(event.headers)  # once: h11's Headers iterate slowly
+                    if handle.evicted:
+                        # evicted as its head arrived: tell the client, do not serve it
+                        event = error_response(503, "overloaded", EVICTED)
+                    else:
+                        event = self._check_head(event, headers) or event
                 if not isinstance(event, h11.Request):
                     await stream.send_all(event)
                     linger = not handle.evicted  # an evicted one frees its descriptor now
@@ -239,13 +244,13 @@ class _Server:
                     body_deadline=trio.current_time() + limits.body_timeout,
                     shutdown=self.shutdown,
                 )
-                if _has_body(event):
+                if _has_body(headers):
                     handle.cycle = cycle
                     cycle.on_body_read = lambda: capacity.busy_now(handle)
                 else:
                     capacity.busy_now(handle)
                 try:
-                    outcome = await cycle.run(self.app, make_scope(event, client, server))
+                    outcome = await cycle.run(self.app, make_scope(event, headers, client, server))
                 finally:
                     handle.cycle = None
                     capacity.busy_now(handle)
@@ -300,17 +305,16 @@ class _Server:
                             self.capacity.reading_now(handle)
                         conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes bytearray too
                     elif isinstance(event, h11.Request):
-                        return self._check_head(event) or event
+                        return event
                     else:  # ConnectionClosed
                         return None
             finally:
                 handle.head_scope = None
         return None
 
-    def _check_head(self, request: h11.Request) -> bytes | None:
+    def _check_head(self, request: h11.Request, headers: list[tuple[bytes, bytes]]) -> bytes | None:
         """An error response for a head the server refuses itself, else None."""
         limits = self.limits
-        headers = request.headers
         if len(headers) > limits.max_headers:
             return error_response(
                 431,
@@ -352,9 +356,9 @@ class _Server:
 # --------------------------------------------------------------------------- helpers
 
 
-def _has_body(request: h11.Request) -> bool:
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
     """True if a body follows the head (a Content-Length over 0 or chunked)."""
-    for name, value in request.headers:
+    for name, value in headers:
         if name == b"transfer-encoding":
             return True
         if name == b"content-length":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import calendar
 import json
 import re
-import time
 import urllib.parse
 from dataclasses import dataclass
 
@@ -194,7 +193,3 @@ async def serve_logs(
     # The follow ends when the client leaves (the send fails or the scope is
     # cancelled) or the daemon stops; there is no orderly end to write.
     await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-def now_wall() -> float:
-    return time.time()

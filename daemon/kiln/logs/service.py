@@ -96,7 +96,7 @@ class Logs:
         )
         self.wall_clock = wall_clock
         self._limiters: dict[str, FloodLimiter] = {}
-        self.lines_total = 0
+        self._kept: dict[str, int] = {}
 
     # ---- writing ---------------------------------------------------------------
 
@@ -122,6 +122,7 @@ class Logs:
         limiter = self._limiter(function)
         store, hub, mirror = self.store, self.hub, self.mirror
         sent: list[LogLine] = []
+        kept = 0
         for call, stream, text in lines:
             if not limiter.admit(now):
                 continue
@@ -131,21 +132,17 @@ class Logs:
                     function, container, call, KILN, dropped_marker(n, self.settings.rate), wall
                 )
             line = store.add(function, container, call, stream, text, wall)
-            self.lines_total += 1
+            kept += 1
             hub.publish(line)
             sent.append(line)
             if mirror is not None:
                 mirror.write(line)
+        if kept:
+            self._kept[function] = self._kept.get(function, 0) + kept
         if sent:
             self.forwarder.send(sent)
         if mirror is not None:
             mirror.flush()
-
-    def note(self, function: str, container: str, call: str | None, text: str) -> None:
-        """A line Kiln adds to a function's log itself (bypasses the flood limit)."""
-        self._one(function, container, call, KILN, text, self.wall_clock())
-        if self.mirror is not None:
-            self.mirror.flush()
 
     def _one(
         self, function: str, container: str, call: str | None, stream: str, text: str, wall: float
@@ -177,12 +174,20 @@ class Logs:
     def forget(self, function: str) -> None:
         self.store.forget(function)
         self._limiters.pop(function, None)
+        self._kept.pop(function, None)
         if self.mirror is not None:
             self.mirror.forget(function)
 
     def dropped_total(self, function: str) -> int:
         lim = self._limiters.get(function)
         return lim.dropped_total if lim is not None else 0
+
+    def statistics(self) -> dict[str, tuple[int, int]]:
+        """(lines kept, lines dropped by the flood limit) per function, since it was deployed."""
+        return {
+            name: (self._kept.get(name, 0), lim.dropped_total)
+            for name, lim in sorted(self._limiters.items())
+        }
 
     def close(self) -> None:
         if self.mirror is not None:
