@@ -209,8 +209,8 @@ def start_daemon(docker: httpx.Client, tmp_path: Path) -> Iterator[Callable[...,
 
     yield start
     try:
-        for daemon in daemons:
-            code = daemon.stop()
+        codes = [daemon.stop() for daemon in daemons]  # every one, before any assertion
+        for daemon, code in zip(daemons, codes, strict=True):
             assert code == daemon.expected_exit, f"daemon exited {code}:\n{daemon.log()}"
             left = kiln_containers(docker, daemon.daemon_id)
             assert left == [], f"containers left behind by daemon {daemon.daemon_id}: {left}"
