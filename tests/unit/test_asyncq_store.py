@@ -195,9 +195,12 @@ def test_sqlite_survives_reopen(tmp_path: Path) -> None:
     s.close()
 
 
-def test_expired_lease_is_taken_over_by_another_host(store: Store) -> None:
-    if not store.shared:
-        pytest.skip("only a shared store has other hosts")
+def test_expired_lease_is_taken_over_by_another_host() -> None:
+    # Only a shared store (PostgreSQL) has other hosts.
+    from kiln.asyncq.postgres import PostgresStore
+    from tests.pgserver import fresh_database
+
+    store = PostgresStore(fresh_database())
     x = new()
     store.accept(x, queue_max=10)
     store.claim(host="h1", now=1000.0, lease=30, exclude=(), limit=1)
@@ -210,6 +213,7 @@ def test_expired_lease_is_taken_over_by_another_host(store: Store) -> None:
     # the first host's late result is refused: the call is h2's now
     assert not store.finish(x.id, host="h1", ok=True, outcome=OK, now=1031.0)
     assert store.finish(x.id, host="h2", ok=True, outcome=OK, now=1032.0)
+    store.close()
 
 
 def test_postgres_schema_version_check() -> None:
