@@ -11,6 +11,7 @@ so they are read before it).
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sqlite3
 import subprocess
@@ -23,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import PYTHON, Daemon, kiln_containers
+from tests.integration.conftest import BUSYBOX, PYTHON, Daemon, kiln_containers
 
 pytestmark = pytest.mark.docker
 
@@ -226,3 +227,22 @@ def test_two_hosts_share_one_postgres_queue(
     by_id = {r["id"]: r for r in results}
     assert {by_id[i]["host"] for i in in_flight} == {host_b}
     assert all(by_id[i]["attempts"] >= 2 for i in in_flight)
+
+
+def test_cli_calls_and_call_wait(start_daemon: Callable[..., Daemon]) -> None:
+    d = start_daemon({"echo": {"image": BUSYBOX, "cmd": ["cat"], "memory": "16MiB"}})
+    r = d.invoke("echo", b"hello async", headers={"Kiln-Invoke-Type": "async"})
+    assert r.status_code == 202
+    call_id = r.headers["kiln-call-id"]
+    out = d.cli("call", call_id, "--wait")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"hello async"
+    assert b"succeeded" in out.stderr
+    listed = d.cli("calls", "--function", "echo", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [c["id"] for c in json.loads(listed.stdout)["calls"]] == [call_id]
+    human = d.cli("calls", "--state", "succeeded")
+    assert call_id.encode() in human.stdout
+    status = d.cli("status")
+    assert re.search(rb"async +\d+ queued, \d+ running \(sqlite", status.stdout), status.stdout
+    assert d.cli("call", "0" * 32).returncode == 1  # unknown: one line, exit 1
