@@ -147,8 +147,38 @@ class PrivateDocker:
             pid = int(containerd_pid.read_text().strip())
             if f"{self.dir}" in Path(f"/proc/{pid}/cmdline").read_text():
                 os.kill(pid, signal.SIGTERM)
+        self._reap_shims()
+        mounts = [
+            line.split()[4]
+            for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if line.split()[4].startswith(f"{self.dir}/")
+        ]
+        for mount in sorted(mounts, reverse=True):
+            subprocess.run(["umount", "--lazy", mount], check=False, timeout=30)
+        for parent in Path("/sys/fs/cgroup").glob("*/kiln-faults"):
+            for cgroup in sorted(parent.glob("*"), reverse=True):
+                with contextlib.suppress(OSError):
+                    cgroup.rmdir()  # only empty ones: containers of this dockerd, now gone
         subprocess.run(["ip", "netns", "del", self.netns], check=False, timeout=30)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _reap_shims(self) -> None:
+        """containerd shims outlive a SIGKILLed dockerd by design: end those of this
+        dockerd (found by the socket path in their command line) and their containers."""
+        marker = f"-address {self.dir}/"
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                if "containerd-shim" not in cmdline or marker not in cmdline:
+                    continue
+                shim = int(proc.name)
+                children = (proc / "task" / proc.name / "children").read_text().split()
+                for child in children:
+                    with contextlib.suppress(OSError):
+                        os.kill(int(child), signal.SIGKILL)
+                os.kill(shim, signal.SIGKILL)
 
     # ---- looking at it -------------------------------------------------------
 
