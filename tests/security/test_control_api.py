@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.integration.conftest import BUSYBOX, REPO, Daemon, kiln_containers, write_config
+from tests.security.specfuzz import SPEC_KEYS, json_values
 
 pytestmark = pytest.mark.docker
 
@@ -83,40 +84,7 @@ def test_bad_specs_are_refused_and_persist_nothing(start_daemon: Callable[..., D
     assert_healthy(kiln)
 
 
-json_values = st.recursive(
-    st.one_of(
-        st.none(),
-        st.booleans(),
-        st.integers(min_value=-(2**70), max_value=2**70),
-        st.floats(allow_nan=True, allow_infinity=True),
-        st.text(max_size=12),
-        st.sampled_from(["host", "container:x", "bridge", "128MiB", "1/s", "\x00", "0:0"]),
-    ),
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)
-    ),
-    max_leaves=6,
-)
-spec_keys = st.sampled_from(
-    [
-        "image",
-        "cmd",
-        "format",
-        "memory",
-        "cpus",
-        "timeout",
-        "start_timeout",
-        "idle_timeout",
-        "min_warm",
-        "max_containers",
-        "env",
-        "rate",
-        "network",
-        "pids_limit",
-        "user",
-        "bogus",
-    ]
-)
+spec_keys = st.sampled_from([*SPEC_KEYS, "bogus"])
 
 
 def test_fuzzed_specs_never_cause_a_5xx(start_daemon: Callable[..., Daemon]) -> None:

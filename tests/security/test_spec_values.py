@@ -18,8 +18,8 @@ from kiln.containers.spec import Identity, container_config
 from kiln.functions.policy import HostPolicy
 from kiln.functions.spec import FunctionSpec, parse_function
 from kiln.units import GiB, MiB
+from tests.security.specfuzz import HUGE, SPEC_KEYS, json_values
 
-HUGE = 10**400
 BAD_FUNCTION_VALUES: list[tuple[str, Any]] = [
     ("rate", math.inf),
     ("rate", math.nan),
@@ -180,43 +180,10 @@ def test_user_defaults_to_non_root_and_is_overridable() -> None:
 
 # ---- property: whatever the reader accepts, the consumers take --------------------
 
-scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.sampled_from([HUGE, -HUGE, 2**63, 2**63 - 1, 2**31, 0, -1]),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=20),
-    st.sampled_from(["128MiB", "1e3", "-5MiB", "100/s", "inf", "nan", "0/s", "1.5", "host"]),
-)
-values = st.recursive(
-    scalars,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
-KEYS = [
-    "image",
-    "cmd",
-    "format",
-    "memory",
-    "cpus",
-    "timeout",
-    "start_timeout",
-    "idle_timeout",
-    "min_warm",
-    "max_containers",
-    "env",
-    "rate",
-    "network",
-    "pids_limit",
-    "user",
-]
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.dictionaries(st.sampled_from(KEYS), values, max_size=6))
+@given(st.dictionaries(st.sampled_from(SPEC_KEYS), json_values, max_size=6))
 def test_accepted_specs_are_ones_docker_and_kiln_take(mutation: dict[str, Any]) -> None:
     raw = {"image": "busybox", **mutation}
     try:
