@@ -29,6 +29,7 @@ from kiln.asyncq.store import (
     FinishItem,
     QueueFull,
     QueueStats,
+    Store,
     StoreError,
     outcome_fields,
 )
@@ -87,7 +88,7 @@ def _record(row: Sequence[Any]) -> CallRecord:
     return rec
 
 
-class PostgresStore:
+class PostgresStore(Store):
     shared = True
 
     def __init__(self, dsn: str) -> None:
@@ -137,12 +138,6 @@ class PostgresStore:
             raise StoreError(f"async store (PostgreSQL): {e}") from e
 
     # ---- accept and read ------------------------------------------------------------
-
-    def accept(self, call: NewCall, *, queue_max: int) -> Accepted:
-        (out,) = self.accept_many([call], queue_max=queue_max)
-        if isinstance(out, QueueFull):
-            raise out
-        return out
 
     def accept_many(
         self, calls: Sequence[NewCall], *, queue_max: int

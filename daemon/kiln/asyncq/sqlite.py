@@ -29,6 +29,7 @@ from kiln.asyncq.store import (
     FinishItem,
     QueueFull,
     QueueStats,
+    Store,
     StoreError,
     outcome_fields,
 )
@@ -116,7 +117,7 @@ def queued_record(call: NewCall) -> CallRecord:
     )
 
 
-class SQLiteStore:
+class SQLiteStore(Store):
     shared = False
 
     def __init__(self, path: str | Path) -> None:
@@ -174,12 +175,6 @@ class SQLiteStore:
             raise StoreError(f"async store {self.path}: {e}") from e
 
     # ---- accept and read ----------------------------------------------------------
-
-    def accept(self, call: NewCall, *, queue_max: int) -> Accepted:
-        (out,) = self.accept_many([call], queue_max=queue_max)
-        if isinstance(out, QueueFull):
-            raise out
-        return out
 
     def accept_many(
         self, calls: Sequence[NewCall], *, queue_max: int

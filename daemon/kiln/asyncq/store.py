@@ -54,8 +54,13 @@ class Store(Protocol):
     shared: bool
 
     def accept(self, call: NewCall, *, queue_max: int) -> Accepted:
-        """Record a new call durably (committed before returning). Raises QueueFull."""
-        ...
+        """Record a new call durably (committed before returning). Raises QueueFull.
+
+        One accept is a group of one; implementations inherit this."""
+        (out,) = self.accept_many([call], queue_max=queue_max)
+        if isinstance(out, QueueFull):
+            raise out
+        return out
 
     def accept_many(
         self, calls: Sequence[NewCall], *, queue_max: int
