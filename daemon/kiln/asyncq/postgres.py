@@ -23,7 +23,7 @@ import psycopg
 import trio
 
 from kiln.asyncq.records import CallRecord, NewCall, Outcome, State, pack_headers
-from kiln.asyncq.sqlite import COLUMNS, queued_record, row_to_record
+from kiln.asyncq.sqlite import COLUMNS, find_query, queued_record, row_to_record
 from kiln.asyncq.store import (
     Accepted,
     FinishItem,
@@ -198,19 +198,7 @@ class PostgresStore(Store):
         return self._run(tx)
 
     def find(self, *, function: str | None, state: State | None, limit: int) -> list[CallRecord]:
-        where: list[str] = []
-        args: list[Any] = []
-        if function is not None:
-            where.append("function = %s")
-            args.append(function)
-        if state is not None:
-            where.append("state = %s")
-            args.append(state)
-        sql = f"SELECT {COLUMNS} FROM calls"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created DESC, id LIMIT %s"
-        args.append(limit)
+        sql, args = find_query(function, state, limit, "%s")
         return self._run(lambda db: [_record(r) for r in db.execute(sql, args).fetchall()])
 
     def cancel(self, call_id: str, *, now: float) -> CallRecord | None:

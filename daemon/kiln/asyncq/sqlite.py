@@ -75,6 +75,26 @@ COLUMNS = (
 )
 
 
+def find_query(
+    function: str | None, state: State | None, limit: int, mark: str
+) -> tuple[str, list[Any]]:
+    """The listing query both stores run, newest first; ``mark`` is the
+    driver's parameter placeholder (``?`` for sqlite3, ``%s`` for psycopg)."""
+    where: list[str] = []
+    args: list[Any] = []
+    if function is not None:
+        where.append(f"function = {mark}")
+        args.append(function)
+    if state is not None:
+        where.append(f"state = {mark}")
+        args.append(state)
+    sql = f"SELECT {COLUMNS} FROM calls"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY created DESC, id LIMIT {mark}"
+    args.append(limit)
+    return sql, args
+
 def row_to_record(row: Sequence[Any]) -> CallRecord:
     (
         id_, function, body, headers, key, state, attempts, created, due, started, finished,
@@ -228,19 +248,7 @@ class SQLiteStore(Store):
         return None if row is None else row_to_record(row)
 
     def find(self, *, function: str | None, state: State | None, limit: int) -> list[CallRecord]:
-        where: list[str] = []
-        args: list[Any] = []
-        if function is not None:
-            where.append("function = ?")
-            args.append(function)
-        if state is not None:
-            where.append("state = ?")
-            args.append(state)
-        sql = f"SELECT {COLUMNS} FROM calls"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created DESC, id LIMIT ?"
-        args.append(limit)
+        sql, args = find_query(function, state, limit, "?")
         try:
             return [row_to_record(r) for r in self._db.execute(sql, args).fetchall()]
         except sqlite3.Error as e:
