@@ -95,6 +95,7 @@ def find_query(
     args.append(limit)
     return sql, args
 
+
 def row_to_record(row: Sequence[Any]) -> CallRecord:
     (
         id_, function, body, headers, key, state, attempts, created, due, started, finished,

@@ -21,14 +21,16 @@ went away or a write failed; nothing more is written.
 ``receive()`` reads the body on demand (``100 Continue`` first if the client
 asked for it), every read bounded by the body deadline. Once the body has been
 delivered, ``receive()`` blocks until the client disconnects and then returns
-``http.disconnect``: the calling task itself waits on ``stream.receive_some()``
-(no polling). EOF or a reset means *disconnected*; bytes that arrive instead (a
-pipelined next request) are buffered into h11 for the next cycle and the wait
-goes on. Trio's ``receive_some`` is cancel-safe, so when the app cancels its
-disconnect watcher no byte of the next request is lost. At most
-:data:`MAX_PIPELINE_BUFFER` pipelined bytes are buffered that way; past it, the
-watch stops reading. ``receive()`` also returns ``http.disconnect`` once the
-response is complete, and a ``receive()`` waiting then is woken with it.
+``http.disconnect``. An app that only needs to stop work when its client leaves
+uses the scope's :data:`DISCONNECT_WATCH` extension instead — the cycle itself
+(:meth:`Cycle.watch`): a callback, no task of the app's waiting in ``receive()``.
+Either way the connection's :class:`~kiln.http.reader.ConnectionReader` does the
+reading (no polling): EOF or a reset means *disconnected*; bytes that arrive
+instead (a pipelined next request) are buffered into h11 for the next cycle and
+the watch goes on. At most :data:`MAX_PIPELINE_BUFFER` pipelined bytes are
+buffered that way; past it, the watch stops reading. ``receive()`` also returns
+``http.disconnect`` once the response is complete, and a ``receive()`` waiting
+then is woken with it.
 
 ``send()`` buffers ``http.response.start`` until the first
 ``http.response.body`` and writes head + body with one ``send_all``. A response
@@ -47,12 +49,22 @@ from collections.abc import Callable
 import h11
 import trio
 
-from kiln.http.asgi import ASGIApp, Message, Scope
+from kiln.http.asgi import DISCONNECT_WATCH, ASGIApp, Message, Scope
 from kiln.http.messages import REASONS, error_response
+from kiln.http.reader import READ_SIZE, ConnectionReader
 
 log = logging.getLogger("kiln.http")
 
-READ_SIZE = 64 * 1024
+__all__ = [
+    "MAX_PIPELINE_BUFFER",
+    "READ_SIZE",
+    "TRANSITIONS",
+    "Cycle",
+    "Outcome",
+    "Refusal",
+    "State",
+]
+
 #: Pipelined bytes buffered while waiting for a disconnect; past it, the watch stops reading.
 MAX_PIPELINE_BUFFER = 256 * 1024
 
@@ -112,20 +124,21 @@ class Cycle:
         "conn",
         "done",
         "eof",
+        "finished_event",
         "has_length",
         "headers",
-        "lock",
         "no_body",
         "on_body_read",
+        "on_gone",
         "pipelined",
         "read_scope",
+        "reader",
         "refusal",
         "request",
         "shutdown",
         "state",
         "status",
         "stream",
-        "watch",
     )
 
     def __init__(
@@ -136,6 +149,7 @@ class Cycle:
         *,
         body_deadline: float,
         shutdown: trio.Event | None = None,
+        reader: ConnectionReader | None = None,
     ) -> None:
         self.conn = conn
         self.stream = stream
@@ -153,8 +167,10 @@ class Cycle:
         self.has_length = False
         self.no_body = request.method == b"HEAD"
         self.pipelined = 0
-        self.lock: trio.Lock | None = None
-        self.watch: trio.CancelScope | None = None  # the disconnect watch reading the stream
+        #: Reads for the cycle once the body is read (None: nothing watches the client).
+        self.reader = reader
+        self.on_gone: Callable[[], None] | None = None  # see watch()
+        self.finished_event: trio.Event | None = None  # a receive() waits for the end
         self.read_scope: trio.CancelScope | None = None  # a body read in progress
         #: Called once the body has been read to its end (the connection is busy, not reading).
         self.on_body_read: Callable[[], None] | None = None
@@ -168,10 +184,13 @@ class Cycle:
         if new not in TRANSITIONS[self.state]:
             raise RuntimeError(f"HTTP cycle: {self.state.value} -> {new.value} is not a transition")
         self.state = new
-        if new in (State.COMPLETE, State.GONE, State.REFUSED) and self.watch is not None:
-            self.watch.cancel()  # receive() now says http.disconnect
+        if new in (State.COMPLETE, State.GONE, State.REFUSED) and self.finished_event is not None:
+            self.finished_event.set()  # receive() now says http.disconnect
         if new in (State.GONE, State.REFUSED) and self.read_scope is not None:
             self.read_scope.cancel()
+        if new is State.GONE and self.on_gone is not None:
+            on_gone, self.on_gone = self.on_gone, None
+            on_gone()
 
     @property
     def finished(self) -> bool:
@@ -189,7 +208,40 @@ class Cycle:
 
     # ---------------------------------------------------------------- the app
 
+    # ---------------------------------------------------------------- watching the client
+
+    def watch(self, on_gone: Callable[[], None]) -> None:
+        """Call ``on_gone`` (once, from the reader's task) if the client leaves before
+        :meth:`unwatch`; at once if it already has. Call after the body is read.
+        The scope's :data:`DISCONNECT_WATCH` extension."""
+        if self.state is State.GONE:
+            on_gone()
+            return
+        self.on_gone = on_gone
+        if self.body_read and not self.finished and self.reader is not None:
+            self.reader.arm(self)
+
+    def unwatch(self) -> None:
+        """Stop watching (the reader reads on, for the next request)."""
+        self.on_gone = None
+
+    def client_sent(self, size: int) -> bool:
+        """The reader gave h11 ``size`` pipelined bytes; False: stop reading."""
+        self.pipelined += size
+        return self.pipelined <= MAX_PIPELINE_BUFFER
+
+    def client_gone(self) -> None:
+        """The reader saw EOF or a reset while the app runs."""
+        self._to(State.GONE)
+
+    # ---------------------------------------------------------------- the app
+
     async def run(self, app: ASGIApp, scope: Scope) -> Outcome:
+        extensions = scope.get("extensions")
+        if extensions is None:
+            scope["extensions"] = {DISCONNECT_WATCH: self}
+        else:
+            extensions[DISCONNECT_WATCH] = self
         try:
             await app(scope, self.receive, self.send)
         except Exception:
@@ -201,6 +253,8 @@ class Cycle:
             return await self._fail("internal error: the app failed")
         finally:
             self.done = True
+            if self.finished_event is not None:
+                self.finished_event.set()
         state = self.state
         if state is State.GONE:
             return Outcome.CLOSE
@@ -314,29 +368,14 @@ class Cycle:
         return None
 
     async def _wait_disconnect(self) -> None:
-        """Block until the client disconnects (or the response is complete: ASGI
-        says ``http.disconnect`` then too); buffer what the client sends meanwhile.
-
-        Concurrent callers take turns reading (a lock), so that a cancelled reader
-        hands the watch to the next one. Completing the response cancels the
-        reader (``self.watch``); cancelled, ``receive_some`` consumes nothing."""
-        if self.lock is None:
-            self.lock = trio.Lock()
-        async with self.lock:
-            with trio.CancelScope() as self.watch:
-                while not self.finished:
-                    if self.pipelined > MAX_PIPELINE_BUFFER:
-                        await trio.sleep_forever()  # stop reading; wait to be cancelled
-                    try:
-                        data = await self.stream.receive_some(READ_SIZE)
-                    except trio.BrokenResourceError:
-                        data = b""
-                    if not data:
-                        self._to(State.GONE)
-                        return
-                    self.pipelined += len(data)
-                    self.conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes bytearray too
-            self.watch = None
+        """Block until the client disconnects or the response is complete (ASGI says
+        ``http.disconnect`` then too); the reader buffers what the client sends
+        meanwhile. Any number of tasks may wait; cancelling one costs nothing else."""
+        if self.reader is not None:
+            self.reader.arm(self)
+        if self.finished_event is None:
+            self.finished_event = trio.Event()
+        await self.finished_event.wait()
 
     # ---------------------------------------------------------------- send
 
