@@ -65,12 +65,18 @@ async def test_watched_keep_alive_calls_start_one_reader_for_the_connection() ->
 
 
 async def test_a_client_that_leaves_mid_call_is_reported_once() -> None:
+    running_call = trio.Event()
     left = trio.Event()
     calls: list[str] = []
 
+    def gone() -> None:
+        calls.append("gone")
+        left.set()
+
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await read_body(receive)
-        watch_of(scope).watch(lambda: calls.append("gone"))
+        watch_of(scope).watch(gone)
+        running_call.set()
         with trio.move_on_after(10):
             await left.wait()
         await respond(send, 200, b"nobody reads this")
@@ -78,12 +84,10 @@ async def test_a_client_that_leaves_mid_call_is_reported_once() -> None:
     async with running(app) as server:
         stream = await trio.open_tcp_stream("127.0.0.1", server.port)
         await stream.send_all(request("/slow", b"x"))
-        await trio.sleep(0.05)  # the call is running
+        await running_call.wait()
         await stream.aclose()
         with trio.fail_after(5):
-            while not calls:
-                await trio.sleep(0.01)
-        left.set()
+            await left.wait()
     assert calls == ["gone"]
 
 
