@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln.cli.output import CliError
+
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_SOCKET = "/run/kiln/control.sock"
 
@@ -29,9 +32,7 @@ def request(
 
     sock = socket_path(args)
     try:
-        with httpx.Client(
-            transport=httpx.HTTPTransport(uds=sock), base_url="http://kiln", timeout=None
-        ) as client:
+        with connect(sock) as client:
             response = client.request(
                 method, path, json=json_body, content=content, headers=headers
             )
@@ -40,9 +41,25 @@ def request(
     except httpx.HTTPError as e:
         raise CliError(f"talking to kiln at {sock}: {e}") from e
     if check and response.status_code >= 400:
-        try:
-            err = response.json()["error"]
-            raise CliError(f"{err['message']} ({err['code']}, HTTP {response.status_code})")
-        except (ValueError, KeyError, TypeError):
-            raise CliError(f"HTTP {response.status_code}: {response.text.strip()[:300]}") from None
+        raise http_error(response, strip=True)
     return response
+
+
+def connect(sock: str) -> httpx.Client:
+    """A client for the daemon's control socket (no timeout: --wait and -f take long)."""
+    import httpx
+
+    return httpx.Client(
+        transport=httpx.HTTPTransport(uds=sock), base_url="http://kiln", timeout=None
+    )
+
+
+def http_error(response: httpx.Response, *, strip: bool) -> CliError:
+    """An error answer (its body read) as one line: the daemon's message and code,
+    else the status and the start of the body."""
+    try:
+        err = response.json()["error"]
+        return CliError(f"{err['message']} ({err['code']}, HTTP {response.status_code})")
+    except (ValueError, KeyError, TypeError):
+        text = response.text.strip() if strip else response.text
+        return CliError(f"HTTP {response.status_code}: {text[:300]}")

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from kiln.cli.client import request, socket_path
+from kiln.cli.client import connect, http_error, request, socket_path
 from kiln.cli.deployfile import read_deploy_file
 from kiln.cli.output import CliError, emit, table, when
 from kiln.units import format_size
@@ -237,20 +237,14 @@ def cmd_logs(args: argparse.Namespace) -> int:
     sock = socket_path(args)
     try:
         with (
-            httpx.Client(
-                transport=httpx.HTTPTransport(uds=sock), base_url="http://kiln", timeout=None
-            ) as client,
+            connect(sock) as client,
             client.stream(
                 "GET", f"/functions/{args.name}/logs", params=params, headers={"Accept": accept}
             ) as response,
         ):
             if response.status_code >= 400:
                 response.read()
-                try:
-                    err = response.json()["error"]
-                    raise CliError(f"{err['message']} ({err['code']}, HTTP {response.status_code})")
-                except (ValueError, KeyError, TypeError):
-                    raise CliError(f"HTTP {response.status_code}: {response.text[:300]}") from None
+                raise http_error(response, strip=False)
             out = sys.stdout.buffer
             for chunk in response.iter_raw():
                 out.write(chunk)
