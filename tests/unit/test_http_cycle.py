@@ -8,7 +8,8 @@ import pytest
 import trio
 import trio.testing
 
-from kiln.http.cycle import TRANSITIONS, Cycle, Refusal, State
+from kiln.http.cycle import TRANSITIONS, Cycle, State
+from kiln.http.messages import Refusal
 from kiln.http.server import LogThrottle
 
 

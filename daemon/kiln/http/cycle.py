@@ -48,7 +48,7 @@ import h11
 import trio
 
 from kiln.http.asgi import ASGIApp, Message, Scope
-from kiln.http.messages import REASONS, error_response
+from kiln.http.messages import REASONS, Refusal, error_response
 
 log = logging.getLogger("kiln.http")
 
@@ -84,19 +84,6 @@ class Outcome(enum.Enum):
     KEEP = "keep"  # keep-alive: read the next request
     CLOSE = "close"  # close now
     LINGER = "linger"  # close after a bounded lingering read (the client may still send)
-
-
-class Refusal:
-    """Why the server answers a request itself: status, code, message; and
-    whether to linger (the client may still be sending) before closing."""
-
-    __slots__ = ("code", "linger", "message", "status")
-
-    def __init__(self, status: int, code: str, message: str, *, linger: bool = True) -> None:
-        self.status = status
-        self.code = code
-        self.message = message
-        self.linger = linger
 
 
 def _disconnect() -> Message:
