@@ -117,6 +117,16 @@ async def test_a_cancelled_create_still_finishes(autojump_clock: trio.testing.Mo
         assert len(fake.containers) == 1
 
 
+async def test_a_call_cancelled_before_it_is_sent_sends_nothing() -> None:
+    async with FakeDocker() as fake, Docker(**fake.client_kwargs()) as docker:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await docker.containers.create(BUSYBOX)
+        assert fake.containers == {}
+        await docker.containers.create(BUSYBOX)  # the slot it did not use is free
+        assert len(fake.containers) == 1
+
+
 async def test_attach_round_trip_through_fake() -> None:
     async with FakeDocker() as fake, Docker(**fake.client_kwargs()) as docker:
         container = await docker.containers.create(BUSYBOX)

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kiln.docker.errors import DockerProtocolError
-from kiln.docker.frames import STDERR, STDOUT, Frame, FrameDecoder, encode_frame
+from kiln.docker.frames import STDERR, STDOUT, Frame, FrameDecoder, FrameTexts, encode_frame
 
 
 def test_one_frame_whole() -> None:
@@ -86,3 +86,32 @@ def test_any_split_gives_the_same_frames(frames: list[tuple[int, bytes]], cuts: 
         i += 1
     d.eof()
     assert got == [Frame(s, data) for s, data in frames]
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from([STDOUT, STDERR]), st.text(max_size=100)), max_size=20),
+    st.lists(st.integers(min_value=1, max_value=50), min_size=1, max_size=30),
+)
+def test_frame_texts_in_any_split(frames: list[tuple[int, str]], cuts: list[int]) -> None:
+    """The log sink decodes each frame whole, however the answer's pieces cut it."""
+    wire = b"".join(encode_frame(s, text.encode()) for s, text in frames)
+    sink = FrameTexts()
+    pos = 0
+    i = 0
+    while pos < len(wire):
+        n = cuts[i % len(cuts)]
+        sink(memoryview(wire[pos : pos + n]))
+        pos += n
+        i += 1
+    sink.eof()
+    assert sink.texts == [text for _, text in frames]
+
+
+@pytest.mark.parametrize("cut", [3, 8, 10])
+def test_frame_texts_refuse_a_cut_answer_or_a_tty_stream(cut: int) -> None:
+    sink = FrameTexts()
+    sink(memoryview(encode_frame(STDOUT, b"abcdef")[:cut]))
+    with pytest.raises(DockerProtocolError, match="inside a frame"):
+        sink.eof()
+    with pytest.raises(DockerProtocolError, match="TTY"):
+        FrameTexts()(memoryview(b"hello world, this is a TTY stream"))

@@ -130,7 +130,7 @@ class Dispatcher:
         await self._refresh_stats()
         async with trio.open_nursery() as nursery:
             if self.queue.dsn is not None:
-                from kiln.asyncq.postgres import listen
+                from kiln.asyncq.pgnotify import listen
 
                 nursery.start_soon(listen, self.queue.dsn, self.wake)
             nursery.start_soon(self._purge_loop)

@@ -5,7 +5,8 @@ block on, nor take, each other's rows; a claimed call carries a lease
 (``lease_until``) and a host whose lease expired is taken to be dead: another
 host's claim takes the call over, and that host's late ``finish`` is refused
 (``WHERE host = me``). Every accept (and retry) sends ``NOTIFY kiln_calls`` on
-commit, which wakes the other hosts' dispatchers (:func:`listen`).
+commit, which wakes the other hosts' dispatchers
+(:func:`kiln.asyncq.pgnotify.listen`).
 
 The schema is created at start and migrated forward; a database whose schema
 is newer than this Kiln is refused. Times are epoch seconds (double precision)
@@ -20,18 +21,20 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
-import trio
 
-from kiln.asyncq.records import CallRecord, NewCall, Outcome, State, pack_headers
-from kiln.asyncq.sqlite import COLUMNS, find_query, queued_record, row_to_record
+from kiln.asyncq.records import CallRecord, NewCall, State, pack_headers
 from kiln.asyncq.store import (
+    COLUMNS,
     Accepted,
     FinishItem,
     QueueFull,
     QueueStats,
     Store,
     StoreError,
+    find_query,
     outcome_fields,
+    queued_record,
+    row_to_record,
 )
 
 log = logging.getLogger("kiln.asyncq")
@@ -81,11 +84,6 @@ MIGRATIONS: dict[int, str] = {
 LAZY_COMMIT = "SET LOCAL synchronous_commit TO OFF"
 
 HOST_DIED = "host_died: the host running it stopped before recording a result"
-
-
-def _record(row: Sequence[Any]) -> CallRecord:
-    rec = row_to_record(row)
-    return rec
 
 
 class PostgresStore(Store):
@@ -154,7 +152,7 @@ class PostgresStore(Store):
                         (call.function, call.idempotency_key),
                     ).fetchone()
                     if row is not None:
-                        out.append(Accepted(_record(row), created=False))
+                        out.append(Accepted(row_to_record(row), created=False))
                         continue
                 if pending >= queue_max:
                     out.append(QueueFull())
@@ -180,7 +178,7 @@ class PostgresStore(Store):
                         (call.function, call.idempotency_key),
                     ).fetchone()
                     assert row is not None
-                    out.append(Accepted(_record(row), created=False))
+                    out.append(Accepted(row_to_record(row), created=False))
                     continue
                 pending += 1
                 out.append(Accepted(queued_record(call), created=True))
@@ -193,13 +191,13 @@ class PostgresStore(Store):
     def get(self, call_id: str) -> CallRecord | None:
         def tx(db: psycopg.Connection[Any]) -> CallRecord | None:
             row = db.execute(f"SELECT {COLUMNS} FROM calls WHERE id = %s", (call_id,)).fetchone()
-            return None if row is None else _record(row)
+            return None if row is None else row_to_record(row)
 
         return self._run(tx)
 
     def find(self, *, function: str | None, state: State | None, limit: int) -> list[CallRecord]:
         sql, args = find_query(function, state, limit, "%s")
-        return self._run(lambda db: [_record(r) for r in db.execute(sql, args).fetchall()])
+        return self._run(lambda db: [row_to_record(r) for r in db.execute(sql, args).fetchall()])
 
     def cancel(self, call_id: str, *, now: float) -> CallRecord | None:
         def tx(db: psycopg.Connection[Any]) -> CallRecord | None:
@@ -209,7 +207,7 @@ class PostgresStore(Store):
                 (now, call_id),
             )
             row = db.execute(f"SELECT {COLUMNS} FROM calls WHERE id = %s", (call_id,)).fetchone()
-            return None if row is None else _record(row)
+            return None if row is None else row_to_record(row)
 
         return self._run(tx)
 
@@ -247,13 +245,9 @@ class PostgresStore(Store):
             rows = take(db, "state = 'running' AND lease_until <= %(now)s", "lease_until", limit)
             if len(rows) < limit:
                 rows += take(db, "state = 'queued' AND due <= %(now)s", "due", limit - len(rows))
-            return [_record(r) for r in rows]
+            return [row_to_record(r) for r in rows]
 
         return self._run(tx)
-
-    def finish(self, call_id: str, *, host: str, ok: bool, outcome: Outcome, now: float) -> bool:
-        (done,) = self.finish_many([FinishItem(call_id, host, ok, outcome, now)])
-        return done
 
     def finish_many(self, items: Sequence[FinishItem]) -> list[bool]:
         def tx(db: psycopg.Connection[Any]) -> list[bool]:
@@ -375,41 +369,3 @@ class PostgresStore(Store):
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
-
-
-async def listen(dsn: str, wake: Callable[[], None], *, retry_after: float = 5.0) -> None:
-    """Call ``wake()`` whenever another host (or this one) notifies ``kiln_calls``.
-
-    Runs forever in the dispatcher's nursery on a connection of its own: it
-    sleeps on the socket becoming readable (no polling), then drains what
-    arrived without blocking. A lost connection is retried after
-    ``retry_after`` seconds (meanwhile the dispatcher's deadlines still run it).
-    """
-    while True:
-        try:
-            conn = await trio.to_thread.run_sync(
-                lambda: psycopg.connect(dsn, autocommit=True, connect_timeout=10)
-            )
-        except psycopg.Error as e:
-            log.warning("async store: cannot listen for notifications: %s", e)
-            await trio.sleep(retry_after)
-            continue
-        try:
-            conn.execute(f"LISTEN {CHANNEL}")
-            wake()  # whatever was notified while we were not listening
-            pg = conn.pgconn
-            while True:
-                await trio.lowlevel.wait_readable(pg.socket)
-                pg.consume_input()
-                got = False
-                while pg.notifies() is not None:
-                    got = True
-                if got:
-                    wake()
-                if pg.status != psycopg.pq.ConnStatus.OK:
-                    raise psycopg.OperationalError("notification connection lost")
-        except psycopg.Error as e:
-            log.warning("async store: notification connection failed: %s", e)
-        finally:
-            conn.close()
-        await trio.sleep(retry_after)

@@ -16,22 +16,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kiln.asyncq.records import (
-    CallRecord,
-    NewCall,
-    Outcome,
-    State,
-    pack_headers,
-    unpack_headers,
-)
+from kiln.asyncq.records import CallRecord, NewCall, State, pack_headers
 from kiln.asyncq.store import (
+    COLUMNS,
     Accepted,
     FinishItem,
     QueueFull,
     QueueStats,
     Store,
     StoreError,
+    find_query,
     outcome_fields,
+    queued_record,
+    row_to_record,
 )
 
 T = TypeVar("T")
@@ -68,74 +65,6 @@ CREATE INDEX IF NOT EXISTS calls_finished ON calls (finished)
     WHERE state IN ('succeeded', 'failed', 'cancelled');
 CREATE INDEX IF NOT EXISTS calls_created ON calls (created);
 """
-
-COLUMNS = (
-    "id, function, body, headers, idem_key, state, attempts, created, due, started, finished, "
-    "lease_until, host, status, result_headers, result_body, truncated, error"
-)
-
-
-def find_query(
-    function: str | None, state: State | None, limit: int, mark: str
-) -> tuple[str, list[Any]]:
-    """The listing query both stores run, newest first; ``mark`` is the
-    driver's parameter placeholder (``?`` for sqlite3, ``%s`` for psycopg)."""
-    where: list[str] = []
-    args: list[Any] = []
-    if function is not None:
-        where.append(f"function = {mark}")
-        args.append(function)
-    if state is not None:
-        where.append(f"state = {mark}")
-        args.append(state)
-    sql = f"SELECT {COLUMNS} FROM calls"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += f" ORDER BY created DESC, id LIMIT {mark}"
-    args.append(limit)
-    return sql, args
-
-
-def row_to_record(row: Sequence[Any]) -> CallRecord:
-    (
-        id_, function, body, headers, key, state, attempts, created, due, started, finished,
-        lease_until, host, status, result_headers, result_body, truncated, error,
-    ) = row  # fmt: skip
-    return CallRecord(
-        id=id_,
-        function=function,
-        body=bytes(body),
-        headers=unpack_headers(bytes(headers)),
-        idempotency_key=key,
-        state=state,
-        attempts=attempts,
-        created=created,
-        due=due,
-        started=started,
-        finished=finished,
-        lease_until=lease_until,
-        host=host,
-        status=status,
-        result_headers=unpack_headers(bytes(result_headers) if result_headers else None),
-        result_body=bytes(result_body) if result_body is not None else None,
-        truncated=bool(truncated),
-        error=error,
-    )
-
-
-def queued_record(call: NewCall) -> CallRecord:
-    """The record a just-accepted call has."""
-    return CallRecord(
-        id=call.id,
-        function=call.function,
-        body=call.body,
-        headers=call.headers,
-        idempotency_key=call.idempotency_key,
-        state="queued",
-        attempts=0,
-        created=call.created,
-        due=call.created,
-    )
 
 
 class SQLiteStore(Store):
@@ -302,10 +231,6 @@ class SQLiteStore(Store):
             return out
 
         return self._run(False, tx)
-
-    def finish(self, call_id: str, *, host: str, ok: bool, outcome: Outcome, now: float) -> bool:
-        (done,) = self.finish_many([FinishItem(call_id, host, ok, outcome, now)])
-        return done
 
     def finish_many(self, items: Sequence[FinishItem]) -> list[bool]:
         def tx(db: sqlite3.Connection) -> list[bool]:

@@ -4,15 +4,26 @@ Implementations (:mod:`kiln.asyncq.sqlite`, :mod:`kiln.asyncq.postgres`) are
 blocking; :class:`kiln.asyncq.threaded.ThreadedStore` runs them off the event
 loop. Every method is one transaction. ``now`` is passed in (wall-clock
 seconds from the dispatcher's clock), never read by the store.
+
+Both are SQL over one ``calls`` table of the same columns: the column list,
+a row → :class:`~kiln.asyncq.records.CallRecord`, a just-accepted call's
+record and the listing query are here, written once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from kiln.asyncq.records import CallRecord, NewCall, Outcome, State, pack_headers
+from kiln.asyncq.records import (
+    CallRecord,
+    NewCall,
+    Outcome,
+    State,
+    pack_headers,
+    unpack_headers,
+)
 
 
 class QueueFull(Exception):
@@ -88,8 +99,11 @@ class Store(Protocol):
         ...
 
     def finish(self, call_id: str, *, host: str, ok: bool, outcome: Outcome, now: float) -> bool:
-        """Record the result of the running attempt (only if ``host`` still holds it)."""
-        ...
+        """Record the result of the running attempt (only if ``host`` still holds it).
+
+        One finish is a group of one; implementations inherit this."""
+        (done,) = self.finish_many([FinishItem(call_id, host, ok, outcome, now)])
+        return done
 
     def finish_many(self, items: Sequence[FinishItem]) -> list[bool]:
         """Several finishes in one transaction."""
@@ -134,4 +148,75 @@ def outcome_fields(outcome: Outcome) -> tuple[int, bytes, bytes, bool, str | Non
         outcome.body,
         outcome.truncated,
         outcome.error,
+    )
+
+
+# ---- what the SQL stores share: the calls table's columns and rows -------------
+
+COLUMNS = (
+    "id, function, body, headers, idem_key, state, attempts, created, due, started, finished, "
+    "lease_until, host, status, result_headers, result_body, truncated, error"
+)
+
+
+def find_query(
+    function: str | None, state: State | None, limit: int, mark: str
+) -> tuple[str, list[Any]]:
+    """The listing query both stores run, newest first; ``mark`` is the
+    driver's parameter placeholder (``?`` for sqlite3, ``%s`` for psycopg)."""
+    where: list[str] = []
+    args: list[Any] = []
+    if function is not None:
+        where.append(f"function = {mark}")
+        args.append(function)
+    if state is not None:
+        where.append(f"state = {mark}")
+        args.append(state)
+    sql = f"SELECT {COLUMNS} FROM calls"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY created DESC, id LIMIT {mark}"
+    args.append(limit)
+    return sql, args
+
+
+def row_to_record(row: Sequence[Any]) -> CallRecord:
+    (
+        id_, function, body, headers, key, state, attempts, created, due, started, finished,
+        lease_until, host, status, result_headers, result_body, truncated, error,
+    ) = row  # fmt: skip
+    return CallRecord(
+        id=id_,
+        function=function,
+        body=bytes(body),
+        headers=unpack_headers(bytes(headers)),
+        idempotency_key=key,
+        state=state,
+        attempts=attempts,
+        created=created,
+        due=due,
+        started=started,
+        finished=finished,
+        lease_until=lease_until,
+        host=host,
+        status=status,
+        result_headers=unpack_headers(bytes(result_headers) if result_headers else None),
+        result_body=bytes(result_body) if result_body is not None else None,
+        truncated=bool(truncated),
+        error=error,
+    )
+
+
+def queued_record(call: NewCall) -> CallRecord:
+    """The record a just-accepted call has."""
+    return CallRecord(
+        id=call.id,
+        function=call.function,
+        body=call.body,
+        headers=call.headers,
+        idempotency_key=call.idempotency_key,
+        state="queued",
+        attempts=0,
+        created=call.created,
+        due=call.created,
     )

@@ -4,16 +4,14 @@ Written on anyio (through httpcore, whose connection pools speak to the engine; 
 extra layers cost more per call than a Docker call is worth), so the same code runs
 under asyncio and Trio.
 
-* Short calls share one connection pool and are bounded by httpx's own timeouts, not by
-  outer cancel scopes. They wait for a free connection on a semaphore of the client's own
-  (cancellable), never in httpcore's pool: a request cancelled while queued in that pool
-  can leave it jammed for good (seen under asyncio). A caller's ``timeout=`` becomes httpx's timeout and surfaces as
-  :class:`~kiln.docker.errors.DockerTimeout`, which is a builtin ``TimeoutError``.
-* Mutations of containers (create, start, stop, kill, restart, delete) run shielded: a
-  caller that goes away never leaves Docker half-way. They still end — the timeout
-  bounds them.
+* Short calls go through the client's own keep-alive pool (:mod:`kiln.docker.pool`):
+  a caller waits for a slot cancellably; once it has one, the exchange runs shielded, so
+  every mutation (create, start, stop, kill, restart, delete) finishes and no connection
+  is left mid-answer. httpcore's per-read/write timeouts bound it: a caller's
+  ``timeout=`` surfaces as :class:`~kiln.docker.errors.DockerTimeout`, which is a
+  builtin ``TimeoutError``.
 * Long calls (``wait``, attach, exec streams, followed logs, stats, pull/push/build
-  progress) each take a connection of their own from a second, unpooled client, so they
+  progress) each take a connection of their own from an unpooled httpcore pool, so they
   never hold a short call's connection and cancelling one closes only its socket.
 * ``limiter`` is the hook a host program (Kiln's rate limiter) uses to pace short calls
   and container creates; ``observer`` hears every short call's operation, outcome and
@@ -27,7 +25,6 @@ import os
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
-from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
@@ -48,38 +45,17 @@ from kiln.docker.host import Endpoint, context_dir_name, resolve
 from kiln.docker.images import DockerImages
 from kiln.docker.networks import DockerNetworks
 from kiln.docker.params import Params, error_message, httpize
+from kiln.docker.pool import CONNECT_TIMEOUT, Reply, ShortPool, Transport
 from kiln.docker.system import DockerSystem
 from kiln.docker.volumes import DockerVolumes
 
 DEFAULT_TIMEOUT = 30.0
-CONNECT_TIMEOUT = 5.0
 UPGRADE_HEADERS = [(b"Connection", b"Upgrade"), (b"Upgrade", b"tcp")]
 _JSON = (b"Content-Type", b"application/json")
-
-
-class Transport(Protocol):
-    """What the client sends requests through: an httpcore connection pool, or a test's
-    fake engine."""
-
-    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response: ...
-
-    async def aclose(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A short call's answer, read whole."""
-
-    status_code: int
-    content: bytes
-    headers: list[tuple[bytes, bytes]]
-
-    @property
-    def text(self) -> str:
-        return self.content.decode("utf-8", "replace")
-
-    def json(self) -> Any:
-        return json.loads(self.content)
+# A long call waits as long as it must; only making its connection is bounded.
+_LONG_TIMEOUTS = {
+    "timeout": {"connect": CONNECT_TIMEOUT, "read": None, "write": None, "pool": None}
+}
 
 
 class Limiter(Protocol):
@@ -106,8 +82,9 @@ class Docker:
     end it with ``await docker.close()`` (or use ``async with``).
 
     ``network_backend`` (httpcore's) opens the connections of both pools — the seam
-    for a fake engine; ``connector`` (a :class:`Transport`) replaces both pools;
-    ``connect`` opens the events listener's connections.
+    for a fake engine; ``connector`` (a :class:`Transport`) carries both short and long
+    calls, ``session`` only the short ones; ``connect`` opens the events listener's
+    connections.
     """
 
     def __init__(
@@ -137,8 +114,6 @@ class Docker:
         self.socket_path: str | None = self._endpoint.uds
         self.api_version = api_version
         self.timeout = timeout
-        self._pool_size = pool_size
-        self._slots: anyio.Semaphore | None = None  # made at first use: it needs a running loop
         self.limiter: Limiter = limiter or _NoLimit()
         self.observer = observer
         self._base = self._endpoint.base_url.encode()
@@ -147,16 +122,13 @@ class Docker:
         sslctx = self._endpoint.ssl_context
         if https and sslctx is None:
             sslctx = ssl.create_default_context()
-        self.session: Transport = (
-            session
-            or connector
-            or httpcore.AsyncConnectionPool(
-                ssl_context=sslctx,
-                max_connections=pool_size,
-                max_keepalive_connections=pool_size,
-                uds=self._endpoint.uds,
-                network_backend=network_backend,
-            )
+        self._pool = ShortPool(
+            self._endpoint.base_url,
+            size=pool_size,
+            uds=self._endpoint.uds,
+            ssl_context=sslctx,
+            network_backend=network_backend,
+            transport=session or connector,
         )
         self._long: Transport = connector or httpcore.AsyncConnectionPool(
             ssl_context=sslctx,
@@ -187,8 +159,8 @@ class Docker:
     async def close(self) -> None:
         with anyio.CancelScope(shield=True):
             await self.events.stop()
-            await self.session.aclose()
-            if self._long is not self.session:
+            await self._pool.aclose()
+            if self._long is not self._pool.transport:
                 await self._long.aclose()
 
     async def version(self) -> dict[str, Any]:
@@ -214,16 +186,25 @@ class Docker:
             self.api_version = "v" + version
         return "/" + self.api_version
 
-    async def _url(self, path: str, versioned: bool, params: Params | None = None) -> bytes:
+    async def _target(self, path: str, versioned: bool, params: Params | None = None) -> str:
         listener = self.events.task
         if listener is not None and listener.exchange is None and not listener.busy:
             await self.events._open_pending()
         path = quote(path.lstrip("/"), safe="/:@")
-        target = f"{await self._api_prefix()}/{path}" if versioned else "/" + path
-        query = httpize(params)
-        if query:
-            target += "?" + urlencode(query)
-        return self._base + target.encode()
+        if not versioned:
+            target = "/" + path
+        elif self.api_version == "auto":
+            target = f"{await self._api_prefix()}/{path}"
+        else:
+            target = f"/{self.api_version}/{path}"
+        if params:
+            query = httpize(params)
+            if query:
+                target += "?" + urlencode(query)
+        return target
+
+    async def _url(self, path: str, versioned: bool, params: Params | None = None) -> bytes:
+        return self._base + (await self._target(path, versioned, params)).encode()
 
     def _convert(self, e: Exception, operation: str) -> Exception:
         if isinstance(e, httpcore.TimeoutException):
@@ -238,41 +219,15 @@ class Docker:
             )
         return DockerProtocolError(f"{operation}: {type(e).__name__}: {e}")
 
-    def _request(
-        self,
-        method: str,
-        url: bytes,
-        *,
-        data: Any,
-        content: Any,
-        headers: Mapping[str, str] | None,
-        timeout: float | None,
-        upgrade: bool = False,
+    def _long_request(
+        self, method: str, url: bytes, data: Any, content: Any, headers: Any, upgrade: bool
     ) -> httpcore.Request:
-        all_headers = [(b"Host", self._host)]
-        if headers:
-            all_headers += [(k.encode(), v.encode()) for k, v in headers.items()]
-        body: bytes | AsyncIterable[bytes] = b""
-        if data is not None:
-            body = json.dumps(data).encode()
-            all_headers.append(_JSON)
-        elif isinstance(content, (bytes, bytearray, memoryview)):
-            body = bytes(content)
-        elif content is not None:
-            body = content
-        if isinstance(body, bytes):
-            if body or method in ("POST", "PUT"):
-                all_headers.append((b"Content-Length", str(len(body)).encode()))
-        else:
-            all_headers.append((b"Transfer-Encoding", b"chunked"))
+        fields, body = _payload(method, data, content, headers)
+        fields.insert(0, (b"Host", self._host))
         if upgrade:
-            all_headers += UPGRADE_HEADERS
-        connect = CONNECT_TIMEOUT if timeout is None else min(timeout, CONNECT_TIMEOUT)
-        extensions = {
-            "timeout": {"connect": connect, "read": timeout, "write": timeout, "pool": timeout}
-        }
+            fields += UPGRADE_HEADERS
         return httpcore.Request(
-            method.encode(), url, headers=all_headers, content=body, extensions=extensions
+            method.encode(), url, headers=fields, content=body, extensions=_LONG_TIMEOUTS
         )
 
     async def _query(
@@ -288,31 +243,25 @@ class Docker:
         versioned: bool = True,
         operation: str | None = None,
         ok: tuple[int, ...] = (),
+        sink: Callable[[memoryview], None] | None = None,
     ) -> Reply:
-        """One short call on the pooled connections; Docker's error statuses raise."""
+        """One short call on the pooled connections; Docker's error statuses raise. With
+        ``sink``, a successful answer's body goes to it piece by piece as it is read."""
         op = operation or f"{method} {path}"
-        url = await self._url(path, versioned, params)
+        target = await self._target(path, versioned, params)
         seconds = self.timeout if timeout is ... else timeout
         assert seconds is None or isinstance(seconds, (int, float))
-        request = self._request(
-            method, url, data=data, content=content, headers=headers, timeout=seconds
-        )
-        if self._slots is None:
-            self._slots = anyio.Semaphore(self._pool_size)
-        t0 = anyio.current_time()
+        fields, body = _payload(method, data, content, headers)
+        assert isinstance(body, bytes)
+        observer = self.observer
+        t0 = anyio.current_time() if observer is not None else 0.0
         outcome = "error"
         try:
-            async with self.limiter.call(), self._slots:
-                # Once sent, a short call finishes (its timeout bounds it): a request
-                # cancelled inside httpcore's pool can leave a connection marked busy
-                # for good, and mutations must not be left half-way.
-                with anyio.CancelScope(shield=True):
-                    response = await self.session.handle_async_request(request)
-                    try:
-                        body = await response.aread()
-                    finally:
-                        await response.aclose()
-            outcome = str(response.status)
+            async with self.limiter.call():
+                answer = await self._pool.exchange(
+                    method, target, fields, body, timeout=seconds, sink=sink
+                )
+            outcome = str(answer.status_code)
         except (httpcore.TimeoutException, httpcore.NetworkError) as e:
             if isinstance(e, httpcore.TimeoutException):
                 outcome = "timeout"
@@ -320,11 +269,11 @@ class Docker:
         except (httpcore.ProtocolError, httpcore.UnsupportedProtocol, OSError) as e:
             raise self._convert(e, op) from e
         finally:
-            if self.observer is not None:
-                self.observer(op, outcome, anyio.current_time() - t0)
-        if response.status >= 400 and response.status not in ok:
-            raise api_error(response.status, error_message(body), op)
-        return Reply(response.status, body, list(response.headers))
+            if observer is not None:
+                observer(op, outcome, anyio.current_time() - t0)
+        if answer.status_code >= 400 and answer.status_code not in ok:
+            raise api_error(answer.status_code, error_message(answer.content), op)
+        return answer
 
     async def _query_json(self, path: str, method: str = "GET", **kwargs: Any) -> Any:
         response = await self._query(path, method, **kwargs)
@@ -355,9 +304,7 @@ class Docker:
         """
         op = operation or f"{method} {path}"
         url = await self._url(path, True, params)
-        request = self._request(
-            method, url, data=data, content=content, headers=headers, timeout=None, upgrade=upgrade
-        )
+        request = self._long_request(method, url, data, content, headers, upgrade)
         try:
             response = await self._long.handle_async_request(request)
         except (
@@ -421,6 +368,26 @@ class Docker:
             await exchange.aclose()
             raise
         return exchange
+
+
+def _payload(
+    method: str, data: Any, content: Any, headers: Mapping[str, str] | None
+) -> tuple[list[tuple[bytes, bytes]], bytes | AsyncIterable[bytes]]:
+    """A request's own header fields and body: ``data`` as JSON, or ``content`` as it is
+    (bytes, or an async iterable sent chunked)."""
+    fields = [(k.encode(), v.encode()) for k, v in headers.items()] if headers else []
+    body = b""
+    if data is not None:
+        body = json.dumps(data).encode()
+        fields.append(_JSON)
+    elif isinstance(content, (bytes, bytearray, memoryview)):
+        body = bytes(content)
+    elif content is not None:
+        fields.append((b"Transfer-Encoding", b"chunked"))
+        return fields, content
+    if body or method in ("POST", "PUT"):
+        fields.append((b"Content-Length", b"%d" % len(body)))
+    return fields, body
 
 
 __all__ = ["DEFAULT_TIMEOUT", "Docker", "Limiter", "Observer", "Reply", "Transport"]

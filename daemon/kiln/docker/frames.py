@@ -31,6 +31,82 @@ def encode_frame(stream: int, data: bytes) -> bytes:
     return HEADER.pack(stream, len(data)) + data
 
 
+_WORD = struct.Struct(">II")  # the header as two words: stream << 24 (the rest zero), length
+_KINDS = {STDIN << 24: STDIN, STDOUT << 24: STDOUT, STDERR << 24: STDERR}
+
+
+def frame_spans(data: bytes | bytearray | memoryview) -> tuple[list[tuple[int, int, int]], int]:
+    """Where the whole frames in ``data`` are — ``(stream, start, end)`` of each payload —
+    and where the rest (a frame not yet whole) starts. Nothing is copied."""
+    spans: list[tuple[int, int, int]] = []
+    pos = 0
+    n = len(data)
+    unpack = _WORD.unpack_from
+    while n - pos >= 8:
+        word, length = unpack(data, pos)
+        stream = _KINDS.get(word)
+        if stream is None:
+            raise DockerProtocolError(
+                f"bad stream frame header {bytes(data[pos : pos + 8])!r} (is the container a TTY?)"
+            )
+        end = pos + 8 + length
+        if end > n:
+            break
+        spans.append((stream, pos + 8, end))
+        pos = end
+    return spans, pos
+
+
+class FrameTexts:
+    """A framed answer taken piece by piece (a sink of :meth:`Docker._query`): each
+    frame's payload decoded into ``texts`` as soon as it is whole, straight from the
+    piece that holds it, so the pieces read are let go as the answer comes."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self._head = b""  # a frame header cut between pieces
+        self._left = -1  # bytes of the current payload still to come; -1: a header is next
+        self._parts: list[memoryview] = []  # a payload cut between pieces
+
+    def __call__(self, piece: memoryview) -> None:
+        pos, n = 0, len(piece)
+        while pos < n:
+            if self._left < 0:
+                if not self._head and n - pos >= 8:
+                    word, length = _WORD.unpack_from(piece, pos)
+                    pos += 8
+                else:
+                    take = min(8 - len(self._head), n - pos)
+                    self._head += piece[pos : pos + take].tobytes()
+                    pos += take
+                    if len(self._head) < 8:
+                        return
+                    word, length = _WORD.unpack(self._head)
+                    self._head = b""
+                if word not in _KINDS:
+                    raise DockerProtocolError(
+                        f"bad stream frame header (word {word:#x}; is the container a TTY?)"
+                    )
+                self._left = length
+            take = min(self._left, n - pos)
+            if take == self._left and not self._parts:  # the whole payload is here
+                self.texts.append(str(piece[pos : pos + take], "utf-8", "replace"))
+            elif take:
+                self._parts.append(piece[pos : pos + take])
+                if take == self._left:
+                    self.texts.append(str(b"".join(self._parts), "utf-8", "replace"))
+                    self._parts = []
+            pos += take
+            self._left -= take
+            if not self._left:
+                self._left = -1
+
+    def eof(self) -> None:
+        """The answer ended: it must not end inside a frame."""
+        if self._head or self._left >= 0:
+            raise DockerProtocolError("the stream ended inside a frame")
+
+
 class FrameDecoder:
     """Feed bytes in any split; get whole frames out.
 
@@ -43,25 +119,16 @@ class FrameDecoder:
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> list[Frame]:
-        buf = self._buf
-        buf += data
-        out: list[Frame] = []
-        pos = 0
-        n = len(buf)
-        while n - pos >= HEADER.size:
-            stream, length = HEADER.unpack_from(buf, pos)
-            if stream not in (STDIN, STDOUT, STDERR) or buf[pos + 1 : pos + 4] != b"\0\0\0":
-                raise DockerProtocolError(
-                    f"bad stream frame header {bytes(buf[pos : pos + 8])!r} (is the container a TTY?)"
-                )
-            end = pos + HEADER.size + length
-            if end > n:
-                break
-            out.append(Frame(stream, bytes(buf[pos + HEADER.size : end])))
-            pos = end
-        if pos:
-            del buf[:pos]
-        return out
+        if self._buf:  # a frame begun in an earlier piece
+            self._buf += data
+            data = bytes(self._buf)
+            self._buf.clear()
+        elif not isinstance(data, bytes):
+            data = bytes(data)
+        spans, rest = frame_spans(data)
+        if rest < len(data):
+            self._buf += data[rest:]
+        return [Frame(stream, data[start:end]) for stream, start, end in spans]
 
     @property
     def pending(self) -> int:

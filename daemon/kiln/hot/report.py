@@ -1,9 +1,12 @@
-"""What a hot supervisor reports (``/status``, ``kiln show``, metrics): its containers
-and its counters."""
+"""What the hot side hands out: a call's :class:`HotResult`, and what a hot
+supervisor reports (``/status``, ``kiln show``, metrics): its containers, its
+counters and the scheduler's :class:`Counts` they are made from."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from kiln.calls.errors import CallError
 
 
 @dataclass(frozen=True)
@@ -33,3 +36,38 @@ class SupervisorStatistics:
     consecutive_failures: int = 0
     #: Seconds until the restart backoff lets min_warm containers start again (0: not held).
     restart_in: float = 0.0
+
+
+@dataclass(frozen=True)
+class Counts:
+    """The scheduler's counts (:meth:`~kiln.hot.scheduler.Scheduler.counts`), which
+    :class:`SupervisorStatistics` is made from."""
+
+    starting: int
+    idle: int
+    busy: int
+    retiring: int
+    waiting: int
+    total: int
+    started_total: int
+    start_failures: int
+    evicted_total: int
+    calls_total: int
+    #: Failures in a row (failed starts, deaths soon after ready); 0 when healthy.
+    consecutive_failures: int = 0
+    #: While the restart backoff holds min_warm starts: until when.
+    restart_held_until: float | None = None
+
+
+@dataclass
+class HotResult:
+    """A call's answer, or its ``error``; timed either way."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    cold: bool
+    queue: float
+    start: float
+    run: float
+    error: CallError | None = None

@@ -49,6 +49,7 @@ from kiln.hot.decisions import (
     Start,
     WarmAt,
 )
+from kiln.hot.report import Counts
 
 
 def containers_to_start(
@@ -93,24 +94,6 @@ class Slot:
     calls: int = 0
     pending: str | None = None  # a retirement waiting for the start or the call to end
     ready_at: float | None = None
-
-
-@dataclass(frozen=True)
-class Counts:
-    starting: int
-    idle: int
-    busy: int
-    retiring: int
-    waiting: int
-    total: int
-    started_total: int
-    start_failures: int
-    evicted_total: int
-    calls_total: int
-    #: Failures in a row (failed starts, deaths soon after ready); 0 when healthy.
-    consecutive_failures: int = 0
-    #: While the restart backoff holds min_warm starts: until when.
-    restart_held_until: float | None = None
 
 
 class Scheduler:

@@ -22,7 +22,6 @@ import dataclasses
 import logging
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -36,27 +35,13 @@ from kiln.functions.spec import FunctionSpec
 from kiln.hot.call import Outcome, run_call
 from kiln.hot.container import HotContainer, Launcher
 from kiln.hot.decisions import Decision, Emptied, Hand, Park, Refusal, Refuse, Retire, Start, WarmAt
-from kiln.hot.report import ContainerInfo, SupervisorStatistics
+from kiln.hot.report import ContainerInfo, HotResult, SupervisorStatistics
 from kiln.hot.scheduler import Scheduler
 from kiln.hot.transport import ListenerTransport, UnixTransport
 from kiln.logs.service import Logs
 from kiln.trioutil import open_nursery
 
 log = logging.getLogger("kiln.hot")
-
-
-@dataclass
-class HotResult:
-    """A call's answer, or its ``error``; timed either way."""
-
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    cold: bool
-    queue: float
-    start: float
-    run: float
-    error: CallError | None = None
 
 
 #: How many more containers a call that never reached its container's listener may try.

@@ -22,7 +22,8 @@ from contextlib import contextmanager
 import trio
 from trio.lowlevel import ParkingLot
 
-from kiln.http.cycle import Cycle, Refusal
+from kiln.http.cycle import Cycle
+from kiln.http.messages import Refusal
 
 EVICTED = "too many connections: this slow one was closed to make room"
 

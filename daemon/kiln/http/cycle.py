@@ -1,22 +1,8 @@
 """One HTTP request/response exchange: the ASGI app's ``receive`` and ``send``.
 
-The cycle's state is one :class:`State`, changed only by :meth:`Cycle._to`,
-which checks every transition against :data:`TRANSITIONS`::
-
-    AWAITING ──start──▶ HEAD ──body, more──▶ SENDING ──last body──▶ COMPLETE
-       │                 │ └──────────last body─────────────────────▲   │
-       │                 │                                               │
-       ├─────────────────┴──request unreadable──▶ REFUSED               │
-       └──────── any state ──client gone / write failed──▶ GONE ◀──────┘
-
-``AWAITING``: the app has not started its response. ``HEAD``: it has
-(``http.response.start``), but the head is only buffered, so a 500 (the app
-failed) or the server's refusal can still replace it. ``SENDING``: the head is
-written, more body to come. ``COMPLETE``: the last body message went to h11.
-``REFUSED``: the request body could not be read — a malformed chunk (400), the
-body deadline passed (408), the connection was evicted to make room (503) —
-and the server answers that itself once the app returned. ``GONE``: the client
-went away or a write failed; nothing more is written.
+The cycle's state is one :class:`~kiln.http.states.State`, changed only by
+:meth:`Cycle._to`, which checks every transition against
+:data:`~kiln.http.states.TRANSITIONS` (the diagram is in :mod:`kiln.http.states`).
 
 ``receive()`` reads the body on demand (``100 Continue`` first if the client
 asked for it), every read bounded by the body deadline. Once the body has been
@@ -42,7 +28,6 @@ responses are dropped. Sends in ``GONE`` or ``REFUSED`` are dropped silently.
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 from collections.abc import Callable
 
@@ -50,65 +35,16 @@ import h11
 import trio
 
 from kiln.http.asgi import DISCONNECT_WATCH, ASGIApp, Message, Scope
-from kiln.http.messages import REASONS, error_response
+from kiln.http.messages import REASONS, Refusal, error_response
 from kiln.http.reader import READ_SIZE, ConnectionReader
+from kiln.http.states import TRANSITIONS, Outcome, State
 
 log = logging.getLogger("kiln.http")
-
-__all__ = [
-    "MAX_PIPELINE_BUFFER",
-    "READ_SIZE",
-    "TRANSITIONS",
-    "Cycle",
-    "Outcome",
-    "Refusal",
-    "State",
-]
 
 #: Pipelined bytes buffered while waiting for a disconnect; past it, the watch stops reading.
 MAX_PIPELINE_BUFFER = 256 * 1024
 
 _NO_BODY_STATUS = frozenset({204, 304})
-
-
-class State(enum.Enum):
-    AWAITING = "awaiting"  # the app has not started its response
-    HEAD = "head"  # response started; the head is buffered, not written
-    SENDING = "sending"  # head written, more body to come
-    COMPLETE = "complete"  # the last body message went out
-    REFUSED = "refused"  # the request body is unreadable; the server answers it
-    GONE = "gone"  # the client is gone or the connection broke
-
-
-TRANSITIONS: dict[State, frozenset[State]] = {
-    State.AWAITING: frozenset({State.HEAD, State.REFUSED, State.GONE}),
-    State.HEAD: frozenset({State.SENDING, State.COMPLETE, State.REFUSED, State.GONE}),
-    State.SENDING: frozenset({State.COMPLETE, State.GONE}),
-    State.COMPLETE: frozenset({State.GONE}),
-    State.REFUSED: frozenset({State.GONE}),
-    State.GONE: frozenset(),
-}
-
-
-class Outcome(enum.Enum):
-    """What the connection does after a cycle."""
-
-    KEEP = "keep"  # keep-alive: read the next request
-    CLOSE = "close"  # close now
-    LINGER = "linger"  # close after a bounded lingering read (the client may still send)
-
-
-class Refusal:
-    """Why the server answers a request itself: status, code, message; and
-    whether to linger (the client may still be sending) before closing."""
-
-    __slots__ = ("code", "linger", "message", "status")
-
-    def __init__(self, status: int, code: str, message: str, *, linger: bool = True) -> None:
-        self.status = status
-        self.code = code
-        self.message = message
-        self.linger = linger
 
 
 def _disconnect() -> Message:

@@ -1,5 +1,6 @@
 """What the server builds itself: the ASGI scope of a request, and its own
-complete error responses (written without h11, whose state may be ERROR by then)."""
+complete error responses (written without h11, whose state may be ERROR by then)
+with the :class:`Refusal` that says why it answers a request itself."""
 
 from __future__ import annotations
 
@@ -12,6 +13,19 @@ import h11
 from kiln.http.asgi import Scope, error_body
 
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+class Refusal:
+    """Why the server answers a request itself: status, code, message; and
+    whether to linger (the client may still be sending) before closing."""
+
+    __slots__ = ("code", "linger", "message", "status")
+
+    def __init__(self, status: int, code: str, message: str, *, linger: bool = True) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.linger = linger
 
 
 def error_response(

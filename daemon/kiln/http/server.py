@@ -74,10 +74,11 @@ import trio
 
 from kiln.http.asgi import ASGIApp
 from kiln.http.capacity import EVICTED, Capacity, Handle
-from kiln.http.cycle import READ_SIZE, Cycle, Outcome
+from kiln.http.cycle import Cycle
 from kiln.http.listeners import default_max_connections, format_bind
 from kiln.http.messages import error_response, make_scope
-from kiln.http.reader import ConnectionReader
+from kiln.http.reader import READ_SIZE, ConnectionReader
+from kiln.http.states import Outcome
 
 log = logging.getLogger("kiln.http")
 

@@ -1,4 +1,4 @@
-"""The CLI's own behaviour, without a daemon: options anywhere, invoke's flags, show's output."""
+"""The client's commands without a daemon: invoke's flags, show's output."""
 
 from __future__ import annotations
 
@@ -10,35 +10,17 @@ from typing import Any
 import httpx
 import pytest
 
-from kiln import cli
+from kiln.cli import commands, parser
+from kiln.cli.output import CliError
 from kiln.units import MiB
 
 
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["--socket", "/x.sock", "--json", "ls"],
-        ["ls", "--socket", "/x.sock", "--json"],
-        ["-s", "/x.sock", "ls", "--json"],
-        ["--json", "ls", "-s", "/x.sock"],
-    ],
-)
-def test_client_options_before_or_after_the_subcommand(argv: list[str]) -> None:
-    args = cli.build_parser().parse_args(argv)
-    assert (args.socket, args.json, args.command) == ("/x.sock", True, "ls")
-
-
-def test_defaults_without_options() -> None:
-    args = cli.build_parser().parse_args(["ls"])
-    assert (args.socket, args.json) == (None, False)
-
-
 def test_parse_header() -> None:
-    assert cli.parse_header("X-Trace: abc d") == ("X-Trace", "abc d")
-    assert cli.parse_header("X-Empty:") == ("X-Empty", "")
+    assert commands.parse_header("X-Trace: abc d") == ("X-Trace", "abc d")
+    assert commands.parse_header("X-Empty:") == ("X-Empty", "")
     for bad in ("no colon", ": v", " X: v"):
-        with pytest.raises(cli.CliError, match="'Name: value'"):
-            cli.parse_header(bad)
+        with pytest.raises(CliError, match="'Name: value'"):
+            commands.parse_header(bad)
 
 
 class Recorder:
@@ -64,10 +46,10 @@ def run_invoke(
 ) -> tuple[int, bytes, Recorder]:
     recorder = Recorder(response)
     out = FakeStdout()
-    monkeypatch.setattr(cli, "request", recorder)
+    monkeypatch.setattr(commands, "request", recorder)
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"body")))
     monkeypatch.setattr(sys, "stdout", out)
-    args = cli.build_parser().parse_args(["invoke", *argv])
+    args = parser.build_parser().parse_args(["invoke", *argv])
     code = args.func(args)
     return code, out.buffer.getvalue(), recorder
 
@@ -116,8 +98,8 @@ def test_show_prints_sizes_and_env_lines(
         "spec": {"image": "i", "memory": 128 * MiB, "env": {"B": "2", "A": "x=y"}},
         "containers": [],
     }
-    monkeypatch.setattr(cli, "request", Recorder(httpx.Response(200, json=info)))
-    args = cli.build_parser().parse_args(["show", "hello"])
+    monkeypatch.setattr(commands, "request", Recorder(httpx.Response(200, json=info)))
+    args = parser.build_parser().parse_args(["show", "hello"])
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "  memory          128 MiB\n" in out
