@@ -46,9 +46,17 @@ def _toml(v: Any) -> str:
 
 @contextmanager
 def kiln_daemon(
-    functions: dict[str, dict[str, Any]], **sections: dict[str, Any]
+    functions: dict[str, dict[str, Any]],
+    *,
+    prefix: Sequence[str] = (),
+    daemon_dir: Path | None = None,
+    start_timeout: float = 30.0,
+    **sections: dict[str, Any],
 ) -> Iterator[tuple[str, subprocess.Popen[bytes], str]]:
-    """Start ``kiln daemon``; yields (base url, process, daemon id). Stops it on exit."""
+    """Start ``kiln daemon``; yields (base url, process, daemon id). Stops it on exit.
+
+    ``prefix`` goes before the Python command (a profiler); ``daemon_dir`` runs the
+    ``kiln`` package found there (another checkout's ``daemon/``) instead of ours."""
     port = free_port()
     daemon_id = "bench" + secrets.token_hex(3)
     cfg: dict[str, dict[str, Any]] = {
@@ -78,8 +86,10 @@ def kiln_daemon(
             lines += [f"{k} = {_toml(v)}" for k, v in table.items()]
         path.write_text("\n".join(lines) + "\n")
         env = {**os.environ}
+        if daemon_dir is not None:
+            env["PYTHONPATH"] = str(daemon_dir)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "kiln.cli", "daemon", "--config", str(path)],
+            [*prefix, sys.executable, "-m", "kiln.cli", "daemon", "--config", str(path)],
             stderr=subprocess.PIPE,
             env=env,
         )
@@ -98,17 +108,19 @@ def kiln_daemon(
         # the daemon logs at warning: ask for its listening line explicitly
         threading.Thread(target=reader, daemon=True).start()
         try:
-            _wait_port(port, proc, log)
+            _wait_port(port, proc, log, start_timeout)
             yield f"http://127.0.0.1:{port}", proc, daemon_id
         finally:
             proc.terminate()
             proc.wait(60)
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes], log: list[str]) -> None:
+def _wait_port(
+    port: int, proc: subprocess.Popen[bytes], log: list[str], timeout: float = 30.0
+) -> None:
     import time
 
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit("kiln daemon exited:\n" + "\n".join(log))

@@ -150,9 +150,12 @@ def main() -> None:
                     "run_dir": f"{tmp}/run",
                     "control_socket": f"{tmp}/control.sock",
                 }
-                with kiln_daemon(
-                    {"echo": echo_fn()}, daemon=daemon, **{"async": {"store": store_value}}
-                ) as (url, _proc, _id):
+                async_section: dict[str, Any] = {"async": {"store": store_value}}
+                with kiln_daemon({"echo": echo_fn()}, daemon=daemon, **async_section) as (
+                    url,
+                    _proc,
+                    _id,
+                ):
                     results[store] = trio.run(measure, url, args.n, args.clients)
             finally:
                 if pg is not None:
