@@ -1,14 +1,39 @@
-"""A minimal ASGI driver for tests: call the app with full control of receive()."""
+"""A minimal ASGI driver for tests: call the app with full control of receive(),
+and a client that can leave (:class:`ClientWatch`, the server's disconnect watch)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from kiln.http.asgi import ASGIApp
+from kiln.http.asgi import DISCONNECT_WATCH, ASGIApp
+
+
+class ClientWatch:
+    """A :class:`~kiln.http.asgi.DisconnectWatch` whose client leaves on :meth:`leave`."""
+
+    def __init__(self) -> None:
+        self.gone = False
+        self.on_gone: Callable[[], None] | None = None
+
+    def watch(self, on_gone: Callable[[], None]) -> None:
+        if self.gone:
+            on_gone()
+        else:
+            self.on_gone = on_gone
+
+    def unwatch(self) -> None:
+        self.on_gone = None
+
+    def leave(self) -> None:
+        self.gone = True
+        on_gone, self.on_gone = self.on_gone, None
+        if on_gone is not None:
+            on_gone()
 
 
 @dataclass
@@ -53,7 +78,7 @@ async def request(
             reply.body += message.get("body", b"")
 
     raw_path, _, query = path.partition("?")
-    scope = {
+    scope: dict[str, Any] = {
         "type": "http",
         "method": method,
         "path": raw_path,
@@ -61,5 +86,18 @@ async def request(
         "query_string": query.encode(),
         "headers": [(b"content-length", str(len(body)).encode()), *(headers or [])],
     }
-    await app(scope, receive, send)  # type: ignore[arg-type]
+    if disconnect is None:
+        await app(scope, receive, send)  # type: ignore[arg-type]
+        return reply
+    client = ClientWatch()
+    scope["extensions"] = {DISCONNECT_WATCH: client}
+
+    async def leave_when_told() -> None:
+        await disconnect.wait()
+        client.leave()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(leave_when_told)
+        await app(scope, receive, send)  # type: ignore[arg-type]
+        nursery.cancel_scope.cancel()
     return reply

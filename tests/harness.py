@@ -22,7 +22,7 @@ from kiln.api.operations import Operations
 from kiln.asyncq.clock import WallClock
 from kiln.asyncq.store import Store
 from kiln.calls.lifecycle import Calls
-from kiln.config import AsyncConfig, Config, DaemonConfig, LimitsConfig, parse
+from kiln.config import AsyncConfig, Config, DaemonConfig, LimitsConfig, LogsConfig, parse
 from kiln.containers.janitor import Janitor
 from kiln.containers.spec import Identity
 from kiln.docker import Docker
@@ -124,6 +124,7 @@ async def stack(
     async_store: Store | None = None,
     async_config: AsyncConfig | None = None,
     async_fraction: float = 0.5,
+    logs: LogsConfig | None = None,
 ) -> AsyncIterator[Stack]:
     """Build and run a daemon on the fake engine with functions ``fns`` (as if from
     the config file at ``config_source``); its state and run dirs are temporary."""
@@ -140,6 +141,7 @@ async def stack(
                 queue_max=queue_max, queue_wait=queue_wait, async_fraction=async_fraction
             ),
             async_=async_config or AsyncConfig(),
+            logs=logs or LogsConfig(),
             functions=dict(fns),
             source=config_source,
         )

@@ -119,6 +119,7 @@ class LogsConfig:
     file_count: int = 5
     forward: str = "auto"  # function lines in the daemon's log: auto | journal | stderr | off
     docker_driver: str = "none"  # dockerd's own copy: none | json-file | local
+    call_frames: bool = True  # ask hot FDKs for Fn's log frames (exact call attribution)
 
 
 @dataclass(frozen=True)
@@ -234,6 +235,7 @@ def _logs(t: Table) -> LogsConfig:
         file_count=t.integer("file_count", d.file_count, minimum=1),
         forward=t.string("forward", d.forward, choices=FORWARD_MODES),
         docker_driver=t.string("docker_driver", d.docker_driver, choices=DOCKER_LOG_DRIVERS),
+        call_frames=t.boolean("call_frames", d.call_frames),
     )
     t.done()
     return out

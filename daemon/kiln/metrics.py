@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -62,6 +63,17 @@ PHASES = ("queue", "start", "run")
 # The `_created` series double every counter and histogram for a timestamp no
 # dashboard reads; this process never wants them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True, slots=True)
+class _CallSeries:
+    """One function's call series (label children)."""
+
+    queue: Histogram
+    start: Histogram
+    run: Histogram
+    total: Histogram
+    cold: Counter
 
 
 def operation_label(operation: str) -> str:
@@ -115,6 +127,11 @@ class Metrics:
             registry=self.registry,
         )
 
+        #: Each function's series, looked up once (a ``labels()`` call validates and
+        #: locks; a call records up to seven series).
+        self._series: dict[str, _CallSeries] = {}
+        self._outcomes: dict[tuple[str, int], Counter] = {}
+
         self.async_store = Histogram(
             "kiln_async_store_seconds",
             "Async store operations by kind (accept, claim, finish, ...)",
@@ -133,18 +150,36 @@ class Metrics:
         cold: bool,
         total: float | None = None,
     ) -> None:
-        self.calls.labels(function, str(status)).inc()
-        fn = (function,) if self.per_function else ()
-        self.phase.labels(*fn, "queue").observe(queue)
+        outcome = self._outcomes.get((function, status))
+        if outcome is None:
+            outcome = self._outcomes[function, status] = self.calls.labels(function, str(status))
+        outcome.inc()
+        series = self._series.get(function)
+        if series is None:
+            series = self._series[function] = self._call_series(function)
+        series.queue.observe(queue)
         if cold:
-            self.phase.labels(*fn, "start").observe(start)
-            self.cold_starts.labels(function).inc()
-        self.phase.labels(*fn, "run").observe(run)
+            series.start.observe(start)
+            series.cold.inc()
+        series.run.observe(run)
         if total is not None:
-            (self.total.labels(function) if self.per_function else self.total).observe(total)
+            series.total.observe(total)
+
+    def _call_series(self, function: str) -> _CallSeries:
+        fn = (function,) if self.per_function else ()
+        return _CallSeries(
+            queue=self.phase.labels(*fn, "queue"),
+            start=self.phase.labels(*fn, "start"),
+            run=self.phase.labels(*fn, "run"),
+            total=self.total.labels(function) if self.per_function else self.total,
+            cold=self.cold_starts.labels(function),
+        )
 
     def forget(self, function: str) -> None:
         """A removed function's series go with it (cardinality follows deployed functions)."""
+        self._series.pop(function, None)
+        for key in [key for key in self._outcomes if key[0] == function]:
+            del self._outcomes[key]
         for metric in (self.calls,):
             for labels in list(_label_sets(metric)):
                 if labels[0] == function:

@@ -68,6 +68,7 @@ def log_settings(logs: LogsConfig, state_dir: str) -> LogSettings:
         mirror_dir=(logs.dir or str(Path(state_dir) / "logs")) if logs.mirror else None,
         file_size=logs.file_size,
         file_count=logs.file_count,
+        call_frames=logs.call_frames,
     )
 
 

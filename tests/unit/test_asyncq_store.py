@@ -10,7 +10,7 @@ import pytest
 
 from kiln.asyncq.records import NewCall, Outcome, new_call_id
 from kiln.asyncq.sqlite import SQLiteStore
-from kiln.asyncq.store import QueueFull, Store, StoreError
+from kiln.asyncq.store import COLUMNS, QueueFull, Store, StoreError, find_query
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -253,3 +253,16 @@ def test_accept_many_and_finish_many(store: Store) -> None:
     )
     assert done == [True, False]
     assert store.stats(now=2002.0).running == 1
+
+
+def test_the_listing_query_filters_what_it_is_given_with_the_drivers_placeholder() -> None:
+    sql, args = find_query("f", "queued", 5, "%s")
+    assert sql == (
+        f"SELECT {COLUMNS} FROM calls WHERE function = %s AND state = %s"
+        " ORDER BY created DESC, id LIMIT %s"
+    )
+    assert args == ["f", "queued", 5]
+    assert find_query(None, None, 7, "?") == (
+        f"SELECT {COLUMNS} FROM calls ORDER BY created DESC, id LIMIT ?",
+        [7],
+    )

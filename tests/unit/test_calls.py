@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from kiln.calls.lifecycle import CALLER_GONE, CallResult
-from tests.asgi import request
+from tests.asgi import ClientWatch, request
 from tests.harness import Stack, functions, stack
 
 FNS = functions(
@@ -143,18 +143,18 @@ async def test_caller_gone_cancels_the_call_and_reports_499(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with stack(FNS) as s:
-        gone = trio.Event()
+        client = ClientWatch()
         result = None
 
         async def run() -> None:
             nonlocal result
-            result = await s.calls.call("slow", b"x", call_id="c1", caller_gone=gone.wait)
+            result = await s.calls.call("slow", b"x", call_id="c1", disconnect=client)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run)
             await trio.sleep(1)
             assert len(s.fake.containers) == 1
-            gone.set()
+            client.leave()
         assert result is not None
         assert result.status == CALLER_GONE
         assert result.caller_gone

@@ -156,10 +156,32 @@ async def test_containers_lists_hot_containers(autojump_clock: trio.testing.Mock
 
 async def test_unknown_route_is_404(autojump_clock: trio.testing.MockClock) -> None:
     async with stack(FNS) as s:
-        for method, path in (("GET", "/nope"), ("POST", "/status"), ("GET", "/functions/echo/x")):
+        for method, path in (
+            ("GET", "/nope"),
+            ("GET", "/functions/echo/x"),
+            ("POST", "/tokens/a/b"),
+        ):
             reply = await control(s, method, path)
             assert reply.status == 404, path
             assert reply.json()["error"]["code"] == "not_found"
+
+
+async def test_a_known_route_with_another_method_is_405_with_allow(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with stack(FNS) as s:
+        for method, path, allow in (
+            ("POST", "/status", "GET"),
+            ("DELETE", "/functions", "GET"),
+            ("POST", "/functions/echo", "GET, PUT, DELETE"),
+            ("GET", "/functions/echo/invoke", "POST"),
+            ("PUT", "/tokens", "GET, POST"),
+        ):
+            reply = await control(s, method, path)
+            assert reply.status == 405, (method, path)
+            assert reply.headers["allow"] == allow
+            assert reply.json()["error"]["code"] == "method_not_allowed"
+        assert "echo" in s.registry  # nothing was changed
 
 
 # ---- changes -----------------------------------------------------------------

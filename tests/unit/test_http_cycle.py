@@ -8,9 +8,10 @@ import pytest
 import trio
 import trio.testing
 
-from kiln.http.cycle import TRANSITIONS, Cycle, State
+from kiln.http.cycle import Cycle
 from kiln.http.messages import Refusal
 from kiln.http.server import LogThrottle
+from kiln.http.states import TRANSITIONS, State
 
 
 def test_every_state_is_reachable_and_gone_is_final() -> None:

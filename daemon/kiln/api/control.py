@@ -15,6 +15,10 @@
     POST   /reload                     re-read the config file
     POST   /drain                      stop taking calls, finish those in flight, exit
 
+A path that matches no route is 404 ``not_found``; a route asked with a method it
+does not take is 405 ``method_not_allowed``, with ``Allow`` naming the ones it does
+(:data:`ROUTES`).
+
 The socket is created mode 0660 with group ``[daemon] control_group`` (when that
 group exists). A stale socket of a dead daemon is replaced; a live one is
 refused ("another kiln is running").
@@ -29,12 +33,12 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from kiln.api.auth import TokenError, Tokens
-from kiln.api.invoke import new_call_id, run_call
+from kiln.api.invoke import new_call_id, not_allowed, respond, run_call, send_error
 from kiln.api.operations import BadRequest, Operations
 from kiln.calls.errors import CallError, NotFound
 from kiln.functions.spec import parse_function
 from kiln.functions.validate import ConfigError, depth_problem
-from kiln.http.asgi import ClientGone, Receive, Scope, Send, error_body, lifespan, read_body
+from kiln.http.asgi import ClientGone, Receive, Scope, Send, lifespan, read_body
 from kiln.http.listeners import SocketInUse, bind_unix
 from kiln.logs.http import serve_logs
 from kiln.logs.service import Logs
@@ -62,6 +66,32 @@ def open_control_socket(path: str, group: str) -> socket.socket:
         raise AnotherKilnRunning(str(e)) from e
 
 
+Shape = tuple[str, ...]
+
+#: Every route (a path shape: ``*`` is a function's or token's name) and its methods.
+ROUTES: dict[Shape, tuple[str, ...]] = {
+    ("status",): ("GET",),
+    ("functions",): ("GET",),
+    ("containers",): ("GET",),
+    ("reload",): ("POST",),
+    ("drain",): ("POST",),
+    ("tokens",): ("GET", "POST"),
+    ("tokens", "*"): ("DELETE",),
+    ("functions", "*"): ("GET", "PUT", "DELETE"),
+    ("functions", "*", "scale"): ("POST",),
+    ("functions", "*", "invoke"): ("POST",),
+    ("functions", "*", "logs"): ("GET",),
+}
+
+
+def route_shape(parts: list[str]) -> Shape | None:
+    """The route a path's segments match (the name segment becomes ``*``), or None."""
+    shape = tuple(parts)
+    if len(parts) >= 2 and parts[0] in ("functions", "tokens"):
+        shape = (parts[0], "*", *parts[2:])
+    return shape if shape in ROUTES else None
+
+
 def _json(data: Any) -> bytes:
     return json.dumps(data, indent=2, default=str).encode() + b"\n"
 
@@ -83,45 +113,40 @@ class ControlApp:
         if scope["type"] != "http":
             return
         call_id = new_call_id()
+        method: str = scope["method"]
         parts = [p for p in scope["path"].split("/") if p]
-        if len(parts) == 3 and parts[0::2] == ["functions", "invoke"] and scope["method"] == "POST":
+        if parts[:1] == ["calls"] and self.calls_routes is not None:
+            await self.calls_routes.route(scope, receive, send)
+            return
+        shape = route_shape(parts)
+        if shape is None:
+            await send_error(send, call_id, NotFound(f"no route {scope['path']}", code="not_found"))
+            return
+        if method not in ROUTES[shape]:
+            await not_allowed(send, call_id, *ROUTES[shape])
+            return
+        if shape == ("functions", "*", "invoke"):
             # The same call path as the invoke API: metrics, log line,
             # Kiln-Timing, cancellation when the caller leaves.
             max_body = self.c.config.daemon.max_body
             await run_call(self.c.calls, scope, receive, send, call_id, parts[1], max_body)
             return
-        if parts[:1] == ["calls"] and self.calls_routes is not None:
-            await self.calls_routes.route(scope, receive, send)
-            return
-        if len(parts) == 3 and parts[0::2] == ["functions", "logs"] and scope["method"] == "GET":
+        if shape == ("functions", "*", "logs"):
             await self._logs(scope, receive, send, call_id, parts[1])
             return
         try:
-            status, body, ctype = await self._route(scope, receive)
+            status, body = await self._route(scope, receive, method, shape, parts)
         except CallError as e:
-            status, body, ctype = e.status, error_body(e.code, e.message), b"application/json"
+            await send_error(send, call_id, e)
+            return
         except ClientGone:
-            log.info("control request %s %s: the client went away", scope["method"], scope["path"])
+            log.info("control request %s %s: the client went away", method, scope["path"])
             return
         except Exception as e:
             log.exception("control request failed")
-            status, body, ctype = (
-                500,
-                error_body("internal", f"{type(e).__name__}: {e}"),
-                b"application/json",
-            )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", ctype),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"kiln-call-id", call_id.encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+            await send_error(send, call_id, CallError(f"{type(e).__name__}: {e}"))
+            return
+        await respond(send, status, call_id, body, json_ct=True)
 
     async def _logs(
         self, scope: Scope, receive: Receive, send: Send, call_id: str, name: str
@@ -139,19 +164,7 @@ class ControlApp:
                 extra_headers=[(b"kiln-call-id", call_id.encode())],
             )
         except CallError as e:
-            body = error_body(e.code, e.message)
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": e.status,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"kiln-call-id", call_id.encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await send_error(send, call_id, e)
 
     async def _json_body(self, scope: Scope, receive: Receive) -> Any:
         raw = await read_body(scope, receive, MAX_SPEC)
@@ -166,73 +179,78 @@ class ControlApp:
             raise BadRequest(f"body is not JSON we read: {nested}")
         return value
 
-    async def _route(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
-        method: str = scope["method"]
-        parts = [p for p in scope["path"].split("/") if p]
-        j = b"application/json"
-        if parts == ["status"] and method == "GET":
-            return 200, _json(await self.c.status()), j
-        if parts == ["functions"] and method == "GET":
-            return 200, _json(self.c.functions()), j
-        if parts == ["containers"] and method == "GET":
-            return 200, _json(self.c.containers()), j
-        if parts == ["reload"] and method == "POST":
-            return 200, _json(dataclasses.asdict(await self.c.reload())), j
-        if parts and parts[0] == "tokens":
-            return await self._tokens(scope, method, parts, receive)
-        if parts == ["drain"] and method == "POST":
-            self.c.drain()
-            return 202, _json({"draining": True}), j
-        if len(parts) >= 2 and parts[0] == "functions":
-            name = parts[1]
-            if len(parts) == 2:
-                if method == "GET":
-                    return 200, _json(self.c.function_info(name)), j
-                if method == "PUT":
-                    raw = await self._json_body(scope, receive)
-                    if isinstance(raw, dict):
-                        raw.pop("name", None)
-                    try:
-                        spec = parse_function(name, raw, f"functions.{name}")
-                    except ConfigError as e:
-                        raise BadRequest(str(e), code="bad_spec") from e
-                    existed = name in self.c.registry
-                    await self.c.deploy(spec)
-                    warning = await self.c.image_warning(spec)
-                    info = {**self.c.function_info(name), "warnings": [warning] if warning else []}
-                    return (200 if existed else 201), _json(info), j
-                if method == "DELETE":
-                    await self.c.remove(name)
-                    return 200, _json({"removed": name}), j
-            if len(parts) == 3 and parts[2] == "scale" and method == "POST":
-                raw = await self._json_body(scope, receive)
-                if not isinstance(raw, dict):
-                    raise BadRequest("scale takes a JSON object", code="bad_spec")
-                unknown = set(raw) - {"min_warm", "max_containers"}
-                if unknown:
-                    raise BadRequest(
-                        f"scale: unknown key {sorted(unknown)[0]!r} (known: min_warm, max_containers)",
-                        code="bad_spec",
-                    )
-                for key in ("min_warm", "max_containers"):
-                    if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool)):
-                        raise BadRequest(f"scale: {key} must be an integer", code="bad_spec")
-                spec = await self.c.scale(
-                    name, min_warm=raw.get("min_warm"), max_containers=raw.get("max_containers")
-                )
-                return 200, _json(spec.to_json()), j
-        raise NotFound(f"no route {method} {scope['path']}", code="not_found")
+    async def _route(
+        self, scope: Scope, receive: Receive, method: str, shape: Shape, parts: list[str]
+    ) -> tuple[int, bytes]:
+        """Answer a route of :data:`ROUTES` with one of its methods: (status, JSON body)."""
+        c = self.c
+        name = parts[1] if len(parts) > 1 else ""
+        match shape, method:
+            case ("status",), _:
+                return 200, _json(await c.status())
+            case ("functions",), _:
+                return 200, _json(c.functions())
+            case ("containers",), _:
+                return 200, _json(c.containers())
+            case ("reload",), _:
+                return 200, _json(dataclasses.asdict(await c.reload()))
+            case ("drain",), _:
+                c.drain()
+                return 202, _json({"draining": True})
+            case ("tokens",) | ("tokens", "*"), _:
+                return await self._tokens(scope, method, parts, receive)
+            case ("functions", "*"), "GET":
+                return 200, _json(c.function_info(name))
+            case ("functions", "*"), "PUT":
+                return await self._deploy(scope, receive, name)
+            case ("functions", "*"), "DELETE":
+                await c.remove(name)
+                return 200, _json({"removed": name})
+            case ("functions", "*", "scale"), _:
+                return await self._scale(scope, receive, name)
+        raise AssertionError(f"ROUTES has {shape} {method} but _route does not")
+
+    async def _deploy(self, scope: Scope, receive: Receive, name: str) -> tuple[int, bytes]:
+        raw = await self._json_body(scope, receive)
+        if isinstance(raw, dict):
+            raw.pop("name", None)
+        try:
+            spec = parse_function(name, raw, f"functions.{name}")
+        except ConfigError as e:
+            raise BadRequest(str(e), code="bad_spec") from e
+        existed = name in self.c.registry
+        await self.c.deploy(spec)
+        warning = await self.c.image_warning(spec)
+        info = {**self.c.function_info(name), "warnings": [warning] if warning else []}
+        return (200 if existed else 201), _json(info)
+
+    async def _scale(self, scope: Scope, receive: Receive, name: str) -> tuple[int, bytes]:
+        raw = await self._json_body(scope, receive)
+        if not isinstance(raw, dict):
+            raise BadRequest("scale takes a JSON object", code="bad_spec")
+        unknown = set(raw) - {"min_warm", "max_containers"}
+        if unknown:
+            raise BadRequest(
+                f"scale: unknown key {sorted(unknown)[0]!r} (known: min_warm, max_containers)",
+                code="bad_spec",
+            )
+        for key in ("min_warm", "max_containers"):
+            if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool)):
+                raise BadRequest(f"scale: {key} must be an integer", code="bad_spec")
+        spec = await self.c.scale(
+            name, min_warm=raw.get("min_warm"), max_containers=raw.get("max_containers")
+        )
+        return 200, _json(spec.to_json())
 
     async def _tokens(
         self, scope: Scope, method: str, parts: list[str], receive: Receive
-    ) -> tuple[int, bytes, bytes]:
-        j = b"application/json"
+    ) -> tuple[int, bytes]:
         if self.tokens is None:
             raise CallError(
                 'tokens need [daemon] auth = "token" in the config', status=409, code="auth_off"
             )
         if parts == ["tokens"] and method == "GET":
-            return 200, _json([e.public() for e in self.tokens.list()]), j
+            return 200, _json([e.public() for e in self.tokens.list()])
         if parts == ["tokens"] and method == "POST":
             raw = await self._json_body(scope, receive)
             if not isinstance(raw, dict) or set(raw) - {"name", "functions"}:
@@ -248,7 +266,7 @@ class ControlApp:
                 token, entry = self.tokens.create(name, fns)
             except TokenError as e:
                 raise BadRequest(str(e)) from e
-            return 201, _json({"token": token, **entry.public()}), j
+            return 201, _json({"token": token, **entry.public()})
         if len(parts) == 2 and method == "DELETE":
             try:
                 entry = self.tokens.remove(parts[1])
@@ -256,5 +274,5 @@ class ControlApp:
                 raise NotFound(
                     f"no token with id or name {parts[1]!r}", code="unknown_token"
                 ) from None
-            return 200, _json({"revoked": entry.public()}), j
-        raise NotFound(f"no route {method} /{'/'.join(parts)}", code="not_found")
+            return 200, _json({"revoked": entry.public()})
+        raise AssertionError(f"ROUTES has tokens {method} but _tokens does not")

@@ -23,7 +23,16 @@ from kiln.asyncq.headers import is_async
 from kiln.calls.errors import CallError
 from kiln.calls.lifecycle import CallerGone, Calls
 from kiln.fncontract import INVOKE_METHODS, HttpRequest, split_invoke_target
-from kiln.http.asgi import ClientGone, Receive, Scope, Send, error_body, lifespan, read_body
+from kiln.http.asgi import (
+    DISCONNECT_WATCH,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    error_body,
+    lifespan,
+    read_body,
+)
 from kiln.metrics import CONTENT_TYPE, Metrics
 
 if TYPE_CHECKING:
@@ -46,12 +55,6 @@ def invoke_target(scope: Scope) -> tuple[str, HttpRequest]:
         raw = scope["path"].encode("utf-8")
     name, url = split_invoke_target(raw[len(INVOKE_PREFIX_RAW) :], scope.get("query_string", b""))
     return name, HttpRequest(scope["method"], url)
-
-
-async def wait_for_disconnect(receive: Receive) -> None:
-    """Return once the caller has disconnected (call after the body is read)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 async def read_call_body(scope: Scope, receive: Receive, max_body: int) -> bytes:
@@ -95,7 +98,7 @@ async def run_call(
         partial(read_call_body, scope, receive, max_body),
         call_id=call_id,
         headers=scope["headers"],
-        caller_gone=partial(wait_for_disconnect, receive),
+        disconnect=scope.get("extensions", {}).get(DISCONNECT_WATCH),
         http=http,
         client=client_of(scope),
     )

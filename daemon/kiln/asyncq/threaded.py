@@ -104,9 +104,7 @@ class ThreadedStore:
         self.limiter = trio.CapacityLimiter(1)
         self.observer = observer
         self.inline = bool(getattr(store, "inline", False))
-        self._accepts: _Group[tuple[NewCall, int], Accepted | QueueFull] = _Group(
-            self._accept_many
-        )
+        self._accepts: _Group[tuple[NewCall, int], Accepted | QueueFull] = _Group(self._accept_many)
         self._finishes: _Group[FinishItem, bool] = _Group(self._finish_many)
 
     async def _call(self, op: str, fn: Callable[[], T]) -> T:

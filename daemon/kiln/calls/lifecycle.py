@@ -28,9 +28,9 @@ from kiln.calls.errors import CallError, Unavailable
 from kiln.calls.stdio import StdioRunner
 from kiln.fncontract import PLAIN_POST, HttpRequest
 from kiln.functions.registry import Function, FunctionRegistry
-from kiln.trioutil import open_nursery
 
 if TYPE_CHECKING:
+    from kiln.http.asgi import DisconnectWatch
     from kiln.logs.service import Logs
     from kiln.metrics import Metrics
 
@@ -129,7 +129,7 @@ class Calls:
         *,
         call_id: str,
         headers: Iterable[tuple[bytes, bytes]] = (),
-        caller_gone: Callable[[], Awaitable[None]] | None = None,
+        disconnect: DisconnectWatch | None = None,
         is_async: bool = False,
         http: HttpRequest | None = None,
         client: str = "-",
@@ -140,10 +140,11 @@ class Calls:
         ``http`` is the caller's method and URL as the function sees them
         (None: a plain ``POST /``, for a call with no HTTP request behind it).
 
-        ``caller_gone``, if given, returns when the caller has left; the call is
-        then cancelled and the result's status is :data:`CALLER_GONE`. Without
-        it (a call with no one waiting on a connection) the call runs to its end
-        unless the calling task is cancelled. ``client`` (who called: an address,
+        ``disconnect``, if given, tells when the caller has left (the server's
+        :class:`~kiln.http.asgi.DisconnectWatch`, watched once the body is read);
+        the call is then cancelled and the result's status is
+        :data:`CALLER_GONE`. Without it (a call with no one waiting on a
+        connection) the call runs to its end unless the calling task is cancelled. ``client`` (who called: an address,
         with ``X-Forwarded-For`` when a proxy sent it) goes into the call's log line.
         ``is_async``: an async call (the
         dispatcher's), whose ``stdio`` memory counts toward the async share.
@@ -163,7 +164,7 @@ class Calls:
                 fn.rate.check()
             request = Request(list(headers), http or PLAIN_POST)
             result = await self._run_watched(
-                fn, body, call_id, request, caller_gone, timings, is_async
+                fn, body, call_id, request, disconnect, timings, is_async
             )
         except CallerGone:
             result = CallResult(CALLER_GONE, timings=timings)
@@ -199,7 +200,7 @@ class Calls:
         body: bytes,
         call_id: str,
         request: Request,
-        caller_gone: Callable[[], Awaitable[None]] | None,
+        disconnect: DisconnectWatch | None,
         timings: Timings,
         is_async: bool = False,
     ) -> CallResult:
@@ -207,21 +208,16 @@ class Calls:
         if self._idle.is_set():
             self._idle = trio.Event()
         try:
-            if caller_gone is None:
+            if disconnect is None:
                 return await self._run(fn, body, call_id, request, timings, is_async)
-            result: CallResult | None = None
-            async with open_nursery() as nursery:
-
-                async def watch() -> None:
-                    await caller_gone()
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(watch)
+            # No task of its own: the server calls back, and only then is anything cancelled.
+            with trio.CancelScope() as scope:
+                disconnect.watch(scope.cancel)
                 try:
-                    result = await self._run(fn, body, call_id, request, timings, is_async)
+                    return await self._run(fn, body, call_id, request, timings, is_async)
                 finally:
-                    nursery.cancel_scope.cancel()
-            return result if result is not None else CallResult(CALLER_GONE, timings=timings)
+                    disconnect.unwatch()
+            return CallResult(CALLER_GONE, timings=timings)
         finally:
             self.inflight -= 1
             if self.inflight == 0:

@@ -162,6 +162,14 @@ class Launcher:
         finally:
             shutil.rmtree(c.iofs, ignore_errors=True)
 
+    def _env(self) -> dict[str, str]:
+        """The contract's variables, the function's own, and Fn's log-frame ones
+        (``[logs] call_frames``)."""
+        env = container_env(self.spec.name, self.spec.memory, self.spec.env)
+        if self.logs.settings.call_frames:
+            env.update(LOGFRAME_ENV)
+        return env
+
     async def start(
         self, c: HotContainer, nursery: trio.Nursery, on_exit: Callable[[HotContainer], None]
     ) -> None:
@@ -178,7 +186,7 @@ class Launcher:
             spec,
             self.identity,
             stdio=False,
-            env={**container_env(spec.name, spec.memory, spec.env), **LOGFRAME_ENV},
+            env=self._env(),
             binds=[f"{c.iofs}:/tmp/iofs"],
         )
         await self.runtime.create(box, config)

@@ -1,5 +1,6 @@
-"""What Kiln's ASGI apps share: the ASGI type aliases, the JSON error body, the
-lifespan acknowledgement and the request-body reader.
+"""What Kiln's ASGI apps share: the ASGI type aliases, the disconnect-watch
+extension, the JSON error body, the lifespan acknowledgement and the request-body
+reader.
 
 The server (:mod:`kiln.http.server`, :mod:`kiln.http.cycle`) needs only the
 type aliases and the error body; the apps (:mod:`kiln.api.invoke`,
@@ -11,13 +12,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
 from kiln.calls.errors import BodyTooLarge
 
 __all__ = [
+    "DISCONNECT_WATCH",
     "ASGIApp",
     "ClientGone",
+    "DisconnectWatch",
     "Message",
     "Receive",
     "Scope",
@@ -32,6 +35,24 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: The scope's ``extensions`` key under which Kiln's server offers a
+#: :class:`DisconnectWatch` for the request.
+DISCONNECT_WATCH = "kiln.disconnect_watch"
+
+
+class DisconnectWatch(Protocol):
+    """Tells an app that its client left, by a callback: the cheap alternative to a
+    task of the app's own waiting in ``receive()`` for ``http.disconnect``."""
+
+    def watch(self, on_gone: Callable[[], None]) -> None:
+        """Call ``on_gone`` once if the client leaves before :meth:`unwatch` (at once
+        if it already has). Call after the request body is read."""
+        ...
+
+    def unwatch(self) -> None:
+        """Stop watching; ``on_gone`` is not called after this."""
+        ...
 
 
 def error_body(code: str, message: str) -> bytes:

@@ -1,34 +1,22 @@
 """One HTTP request/response exchange: the ASGI app's ``receive`` and ``send``.
 
-The cycle's state is one :class:`State`, changed only by :meth:`Cycle._to`,
-which checks every transition against :data:`TRANSITIONS`::
-
-    AWAITING ──start──▶ HEAD ──body, more──▶ SENDING ──last body──▶ COMPLETE
-       │                 │ └──────────last body─────────────────────▲   │
-       │                 │                                               │
-       ├─────────────────┴──request unreadable──▶ REFUSED               │
-       └──────── any state ──client gone / write failed──▶ GONE ◀──────┘
-
-``AWAITING``: the app has not started its response. ``HEAD``: it has
-(``http.response.start``), but the head is only buffered, so a 500 (the app
-failed) or the server's refusal can still replace it. ``SENDING``: the head is
-written, more body to come. ``COMPLETE``: the last body message went to h11.
-``REFUSED``: the request body could not be read — a malformed chunk (400), the
-body deadline passed (408), the connection was evicted to make room (503) —
-and the server answers that itself once the app returned. ``GONE``: the client
-went away or a write failed; nothing more is written.
+The cycle's state is one :class:`~kiln.http.states.State`, changed only by
+:meth:`Cycle._to`, which checks every transition against
+:data:`~kiln.http.states.TRANSITIONS` (the diagram is in :mod:`kiln.http.states`).
 
 ``receive()`` reads the body on demand (``100 Continue`` first if the client
 asked for it), every read bounded by the body deadline. Once the body has been
 delivered, ``receive()`` blocks until the client disconnects and then returns
-``http.disconnect``: the calling task itself waits on ``stream.receive_some()``
-(no polling). EOF or a reset means *disconnected*; bytes that arrive instead (a
-pipelined next request) are buffered into h11 for the next cycle and the wait
-goes on. Trio's ``receive_some`` is cancel-safe, so when the app cancels its
-disconnect watcher no byte of the next request is lost. At most
-:data:`MAX_PIPELINE_BUFFER` pipelined bytes are buffered that way; past it, the
-watch stops reading. ``receive()`` also returns ``http.disconnect`` once the
-response is complete, and a ``receive()`` waiting then is woken with it.
+``http.disconnect``. An app that only needs to stop work when its client leaves
+uses the scope's :data:`DISCONNECT_WATCH` extension instead — the cycle itself
+(:meth:`Cycle.watch`): a callback, no task of the app's waiting in ``receive()``.
+Either way the connection's :class:`~kiln.http.reader.ConnectionReader` does the
+reading (no polling): EOF or a reset means *disconnected*; bytes that arrive
+instead (a pipelined next request) are buffered into h11 for the next cycle and
+the watch goes on. At most :data:`MAX_PIPELINE_BUFFER` pipelined bytes are
+buffered that way; past it, the watch stops reading. ``receive()`` also returns
+``http.disconnect`` once the response is complete, and a ``receive()`` waiting
+then is woken with it.
 
 ``send()`` buffers ``http.response.start`` until the first
 ``http.response.body`` and writes head + body with one ``send_all``. A response
@@ -40,50 +28,23 @@ responses are dropped. Sends in ``GONE`` or ``REFUSED`` are dropped silently.
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 from collections.abc import Callable
 
 import h11
 import trio
 
-from kiln.http.asgi import ASGIApp, Message, Scope
+from kiln.http.asgi import DISCONNECT_WATCH, ASGIApp, Message, Scope
 from kiln.http.messages import REASONS, Refusal, error_response
+from kiln.http.reader import READ_SIZE, ConnectionReader
+from kiln.http.states import TRANSITIONS, Outcome, State
 
 log = logging.getLogger("kiln.http")
 
-READ_SIZE = 64 * 1024
 #: Pipelined bytes buffered while waiting for a disconnect; past it, the watch stops reading.
 MAX_PIPELINE_BUFFER = 256 * 1024
 
 _NO_BODY_STATUS = frozenset({204, 304})
-
-
-class State(enum.Enum):
-    AWAITING = "awaiting"  # the app has not started its response
-    HEAD = "head"  # response started; the head is buffered, not written
-    SENDING = "sending"  # head written, more body to come
-    COMPLETE = "complete"  # the last body message went out
-    REFUSED = "refused"  # the request body is unreadable; the server answers it
-    GONE = "gone"  # the client is gone or the connection broke
-
-
-TRANSITIONS: dict[State, frozenset[State]] = {
-    State.AWAITING: frozenset({State.HEAD, State.REFUSED, State.GONE}),
-    State.HEAD: frozenset({State.SENDING, State.COMPLETE, State.REFUSED, State.GONE}),
-    State.SENDING: frozenset({State.COMPLETE, State.GONE}),
-    State.COMPLETE: frozenset({State.GONE}),
-    State.REFUSED: frozenset({State.GONE}),
-    State.GONE: frozenset(),
-}
-
-
-class Outcome(enum.Enum):
-    """What the connection does after a cycle."""
-
-    KEEP = "keep"  # keep-alive: read the next request
-    CLOSE = "close"  # close now
-    LINGER = "linger"  # close after a bounded lingering read (the client may still send)
 
 
 def _disconnect() -> Message:
@@ -99,20 +60,21 @@ class Cycle:
         "conn",
         "done",
         "eof",
+        "finished_event",
         "has_length",
         "headers",
-        "lock",
         "no_body",
         "on_body_read",
+        "on_gone",
         "pipelined",
         "read_scope",
+        "reader",
         "refusal",
         "request",
         "shutdown",
         "state",
         "status",
         "stream",
-        "watch",
     )
 
     def __init__(
@@ -123,6 +85,7 @@ class Cycle:
         *,
         body_deadline: float,
         shutdown: trio.Event | None = None,
+        reader: ConnectionReader | None = None,
     ) -> None:
         self.conn = conn
         self.stream = stream
@@ -140,8 +103,10 @@ class Cycle:
         self.has_length = False
         self.no_body = request.method == b"HEAD"
         self.pipelined = 0
-        self.lock: trio.Lock | None = None
-        self.watch: trio.CancelScope | None = None  # the disconnect watch reading the stream
+        #: Reads for the cycle once the body is read (None: nothing watches the client).
+        self.reader = reader
+        self.on_gone: Callable[[], None] | None = None  # see watch()
+        self.finished_event: trio.Event | None = None  # a receive() waits for the end
         self.read_scope: trio.CancelScope | None = None  # a body read in progress
         #: Called once the body has been read to its end (the connection is busy, not reading).
         self.on_body_read: Callable[[], None] | None = None
@@ -155,10 +120,13 @@ class Cycle:
         if new not in TRANSITIONS[self.state]:
             raise RuntimeError(f"HTTP cycle: {self.state.value} -> {new.value} is not a transition")
         self.state = new
-        if new in (State.COMPLETE, State.GONE, State.REFUSED) and self.watch is not None:
-            self.watch.cancel()  # receive() now says http.disconnect
+        if new in (State.COMPLETE, State.GONE, State.REFUSED) and self.finished_event is not None:
+            self.finished_event.set()  # receive() now says http.disconnect
         if new in (State.GONE, State.REFUSED) and self.read_scope is not None:
             self.read_scope.cancel()
+        if new is State.GONE and self.on_gone is not None:
+            on_gone, self.on_gone = self.on_gone, None
+            on_gone()
 
     @property
     def finished(self) -> bool:
@@ -176,7 +144,40 @@ class Cycle:
 
     # ---------------------------------------------------------------- the app
 
+    # ---------------------------------------------------------------- watching the client
+
+    def watch(self, on_gone: Callable[[], None]) -> None:
+        """Call ``on_gone`` (once, from the reader's task) if the client leaves before
+        :meth:`unwatch`; at once if it already has. Call after the body is read.
+        The scope's :data:`DISCONNECT_WATCH` extension."""
+        if self.state is State.GONE:
+            on_gone()
+            return
+        self.on_gone = on_gone
+        if self.body_read and not self.finished and self.reader is not None:
+            self.reader.arm(self)
+
+    def unwatch(self) -> None:
+        """Stop watching (the reader reads on, for the next request)."""
+        self.on_gone = None
+
+    def client_sent(self, size: int) -> bool:
+        """The reader gave h11 ``size`` pipelined bytes; False: stop reading."""
+        self.pipelined += size
+        return self.pipelined <= MAX_PIPELINE_BUFFER
+
+    def client_gone(self) -> None:
+        """The reader saw EOF or a reset while the app runs."""
+        self._to(State.GONE)
+
+    # ---------------------------------------------------------------- the app
+
     async def run(self, app: ASGIApp, scope: Scope) -> Outcome:
+        extensions = scope.get("extensions")
+        if extensions is None:
+            scope["extensions"] = {DISCONNECT_WATCH: self}
+        else:
+            extensions[DISCONNECT_WATCH] = self
         try:
             await app(scope, self.receive, self.send)
         except Exception:
@@ -188,6 +189,8 @@ class Cycle:
             return await self._fail("internal error: the app failed")
         finally:
             self.done = True
+            if self.finished_event is not None:
+                self.finished_event.set()
         state = self.state
         if state is State.GONE:
             return Outcome.CLOSE
@@ -301,29 +304,14 @@ class Cycle:
         return None
 
     async def _wait_disconnect(self) -> None:
-        """Block until the client disconnects (or the response is complete: ASGI
-        says ``http.disconnect`` then too); buffer what the client sends meanwhile.
-
-        Concurrent callers take turns reading (a lock), so that a cancelled reader
-        hands the watch to the next one. Completing the response cancels the
-        reader (``self.watch``); cancelled, ``receive_some`` consumes nothing."""
-        if self.lock is None:
-            self.lock = trio.Lock()
-        async with self.lock:
-            with trio.CancelScope() as self.watch:
-                while not self.finished:
-                    if self.pipelined > MAX_PIPELINE_BUFFER:
-                        await trio.sleep_forever()  # stop reading; wait to be cancelled
-                    try:
-                        data = await self.stream.receive_some(READ_SIZE)
-                    except trio.BrokenResourceError:
-                        data = b""
-                    if not data:
-                        self._to(State.GONE)
-                        return
-                    self.pipelined += len(data)
-                    self.conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes bytearray too
-            self.watch = None
+        """Block until the client disconnects or the response is complete (ASGI says
+        ``http.disconnect`` then too); the reader buffers what the client sends
+        meanwhile. Any number of tasks may wait; cancelling one costs nothing else."""
+        if self.reader is not None:
+            self.reader.arm(self)
+        if self.finished_event is None:
+            self.finished_event = trio.Event()
+        await self.finished_event.wait()
 
     # ---------------------------------------------------------------- send
 

@@ -8,7 +8,10 @@
 
 Per request there is no extra task, no task group and no queue: the connection
 task parses the head, runs one :class:`~kiln.http.cycle.Cycle` (``await
-app(scope, receive, send)``) and writes the response. ``serve_asgi`` takes any
+app(scope, receive, send)``) and writes the response. A connection whose app
+watches for its client leaving gets one more task, for the connection's life:
+its :class:`~kiln.http.reader.ConnectionReader`, which reads while the app runs
+and until the next request's first bytes arrive. ``serve_asgi`` takes any
 ``trio.abc.Listener`` (tests use in-memory streams).
 
 What the server answers itself, closing the connection after: a malformed head
@@ -71,9 +74,11 @@ import trio
 
 from kiln.http.asgi import ASGIApp
 from kiln.http.capacity import EVICTED, Capacity, Handle
-from kiln.http.cycle import READ_SIZE, Cycle, Outcome
+from kiln.http.cycle import Cycle
 from kiln.http.listeners import default_max_connections, format_bind
 from kiln.http.messages import error_response, make_scope
+from kiln.http.reader import READ_SIZE, ConnectionReader
+from kiln.http.states import Outcome
 
 log = logging.getLogger("kiln.http")
 
@@ -209,20 +214,24 @@ class _Server:
                 with trio.move_on_after(ACCEPT_BACKOFF):
                     await capacity.wait_for_a_close()
                 continue
-            nursery.start_soon(self.connection, stream, capacity.opened())
+            nursery.start_soon(self.connection, stream, capacity.opened(), nursery)
 
     # ---------------------------------------------------------------- one connection
 
-    async def connection(self, stream: trio.abc.Stream, handle: Handle) -> None:
-        """Serve one connection until it closes; never raises but ``Cancelled``."""
+    async def connection(
+        self, stream: trio.abc.Stream, handle: Handle, nursery: trio.Nursery
+    ) -> None:
+        """Serve one connection until it closes; never raises but ``Cancelled``.
+        ``nursery`` runs the connection's reader, if it gets one."""
         limits = self.limits
         capacity = self.capacity
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head)
+        reader = ConnectionReader(stream, conn, nursery)
         client, server = _addresses(stream)
         linger = False
         try:
             while True:
-                event = await self._next_request(conn, stream, handle)
+                event = await self._next_request(conn, stream, handle, reader)
                 if event is None:
                     return
                 headers: list[tuple[bytes, bytes]] = []
@@ -243,6 +252,7 @@ class _Server:
                     event,
                     body_deadline=trio.current_time() + limits.body_timeout,
                     shutdown=self.shutdown,
+                    reader=reader,
                 )
                 if _has_body(headers):
                     handle.cycle = cycle
@@ -265,17 +275,24 @@ class _Server:
             capacity.busy_now(handle)
             try:
                 if linger:
+                    await reader.pause()
                     await _linger(stream)
             finally:
+                reader.close()
                 await trio.aclose_forcefully(stream)
                 capacity.closed(handle)
 
     async def _next_request(
-        self, conn: h11.Connection, stream: trio.abc.Stream, handle: Handle
+        self,
+        conn: h11.Connection,
+        stream: trio.abc.Stream,
+        handle: Handle,
+        reader: ConnectionReader,
     ) -> h11.Request | bytes | None:
         """The next request head; an error response (bytes) to send before closing;
         None if the connection is to close (EOF, reset, keep-alive timeout,
-        eviction, shutdown while idle)."""
+        eviction, shutdown while idle). Reads itself, or — while the reader still
+        reads after the last request — waits for the bytes it hands to h11."""
         if self.shutdown.is_set():
             return None
         with trio.move_on_after(self.limits.keep_alive_timeout) as scope:
@@ -295,16 +312,20 @@ class _Server:
                         code = "headers_too_large" if status == 431 else "bad_request"
                         return error_response(status, code, str(e))
                     if event is h11.NEED_DATA:
-                        try:
-                            data = await stream.receive_some(READ_SIZE)
-                        except trio.BrokenResourceError:
-                            return None
-                        if not data:
-                            eof = True
-                        elif handle in self.capacity.idle:
+                        if reader.reading:
+                            await reader.wait_arrived()
+                            eof = reader.eof
+                        else:
+                            try:
+                                data = await stream.receive_some(READ_SIZE)
+                            except trio.BrokenResourceError:
+                                return None
+                            eof = not data
+                            conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes bytearray too
+                        if not eof and handle in self.capacity.idle:
                             self.capacity.reading_now(handle)
-                        conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes bytearray too
                     elif isinstance(event, h11.Request):
+                        await reader.pause()  # pipelined: the cycle reads the body itself
                         return event
                     else:  # ConnectionClosed
                         return None

@@ -75,6 +75,8 @@ class LogSettings:
     mirror_dir: str | None = None
     file_size: int = 10 * 1024 * 1024
     file_count: int = 5
+    #: Hot containers get Fn's log-frame variables (``FN_LOGFRAME_NAME``/``_HDR``).
+    call_frames: bool = True
 
 
 class Logs:
