@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpcore
 import pytest
 import trio
 import trio.testing
@@ -86,6 +87,31 @@ async def test_docker_gone_mid_session_is_unreachable() -> None:
         fake.crash()
         with pytest.raises(DockerUnreachable):
             await docker.ping()
+
+
+async def test_an_idle_connection_the_engine_dropped_is_not_reused() -> None:
+    """dockerd restarted between two calls: the pooled connection it closed is seen
+    closed before use, and the next call makes a new one instead of failing."""
+    async with FakeDocker() as fake, Docker(**fake.client_kwargs()) as docker:
+        await docker.ping()
+        fake.down()
+        await trio.testing.wait_all_tasks_blocked()
+        fake.up()
+        assert await docker.ping() == "OK"
+
+
+async def test_a_connector_given_carries_short_and_long_calls() -> None:
+    async with FakeDocker() as fake:
+        pool = httpcore.AsyncConnectionPool(network_backend=fake.backend)
+        async with Docker("unix:///fake/docker.sock", api_version="v1.41", connector=pool) as d:
+            assert await d.ping() == "OK"
+            container = await d.containers.create(BUSYBOX)
+            await container.start()
+            await container.kill()
+            assert (await container.wait())["StatusCode"] == 137  # a long call
+            with pytest.raises(DockerNotFound):
+                await d.containers.container("nope").show()
+        assert len(fake.containers) == 1
 
 
 async def test_list_filters_by_label() -> None:

@@ -203,9 +203,6 @@ class Docker:
                 target += "?" + urlencode(query)
         return target
 
-    async def _url(self, path: str, versioned: bool, params: Params | None = None) -> bytes:
-        return self._base + (await self._target(path, versioned, params)).encode()
-
     def _convert(self, e: Exception, operation: str) -> Exception:
         if isinstance(e, httpcore.TimeoutException):
             return DockerTimeout(f"{operation}: Docker did not answer in time ({type(e).__name__})")
@@ -303,7 +300,7 @@ class Docker:
         raw stream is ``response.extensions["network_stream"]``.
         """
         op = operation or f"{method} {path}"
-        url = await self._url(path, True, params)
+        url = self._base + (await self._target(path, True, params)).encode()
         request = self._long_request(method, url, data, content, headers, upgrade)
         try:
             response = await self._long.handle_async_request(request)
@@ -351,7 +348,7 @@ class Docker:
     ) -> H11Exchange:
         """A hand-driven exchange on its own connection (the events listener's), whose
         reads can be cancelled without losing anything."""
-        target = (await self._url(path, True, params))[len(self._base) :].decode()
+        target = await self._target(path, True, params)
         try:
             stream = await self._connect()
         except OSError as e:
