@@ -271,10 +271,12 @@ async def test_cancel_while_holding(autojump_clock: trio.testing.MockClock) -> N
 async def test_outer_cancel_of_all_waiters(autojump_clock: trio.testing.MockClock) -> None:
     pool = MemoryBudget(100)
     async with trio.open_nursery() as nursery:
-        for i in range(20):
-            nursery.start_soon(Holder(pool, 30 + i).run)
-        await trio.testing.wait_all_tasks_blocked()
+        # One at a time, largest first (Trio runs tasks started together in either
+        # order): 49 + 48 fit, 47 waits at the head, and so does everyone after it.
+        for i in reversed(range(20)):
+            await start(nursery, Holder(pool, 30 + i))
         assert pool.statistics().reservations == 2
+        assert pool.statistics().waiting == 18
         nursery.cancel_scope.cancel()
     assert_idle(pool)
 
