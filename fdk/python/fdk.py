@@ -50,8 +50,8 @@ import traceback
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
-    from typing import BinaryIO
+    from collections.abc import Callable, Iterable, Mapping
+    from typing import Any, BinaryIO, TextIO
 
     Body = bytes | str | None
     Result = Body | tuple[int, Mapping[str, str] | None, Body]
@@ -305,10 +305,12 @@ def caller_view(headers: dict[str, str]) -> dict[str, str]:
 
 
 def log_frame(headers: Mapping[str, str], environ: Mapping[str, str] | None = None) -> str | None:
-    """Fn's log framing: with ``FN_LOGFRAME_NAME`` and ``FN_LOGFRAME_HDR`` set, each
-    call starts with the line ``<NAME>=<value of header HDR>`` on stdout and stderr
-    (after a newline ending any unterminated line), so the runner can tell which
-    call later lines belong to. None when not asked for (or no such header)."""
+    """Fn's log framing: with ``FN_LOGFRAME_NAME`` and ``FN_LOGFRAME_HDR`` set, a
+    call's output on stdout and stderr starts with the line ``<NAME>=<value of
+    header HDR>`` (after a newline ending any unterminated line), so the runner can
+    tell which call later lines belong to. Written before the call's first output
+    on each stream (:class:`FramedStream`), not for a call that writes nothing.
+    None when not asked for (or no such header)."""
     env = os.environ if environ is None else environ
     name, header = env.get("FN_LOGFRAME_NAME"), env.get("FN_LOGFRAME_HDR")
     if not name or not header:
@@ -319,11 +321,51 @@ def log_frame(headers: Mapping[str, str], environ: Mapping[str, str] | None = No
     return f"\n{name}={value}\n"
 
 
-def _write_frame(frame: str) -> None:
+class FramedStream:
+    """``sys.stdout`` / ``sys.stderr`` while serving with log framing: a call's frame
+    goes out just before the first text the call writes through the stream, so a
+    call that writes nothing costs the runner nothing. Everything else is the
+    wrapped stream's."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.pending: str | None = None
+
+    def write(self, text: str) -> int:
+        pending = self.pending
+        if pending is not None:
+            self.pending = None
+            self.stream.write(pending)
+        return self.stream.write(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def _frame_streams() -> None:
+    """Wrap ``sys.stdout`` and ``sys.stderr`` in :class:`FramedStream` (once)."""
+    if not isinstance(sys.stdout, FramedStream):
+        sys.stdout = FramedStream(sys.stdout)
+    if not isinstance(sys.stderr, FramedStream):
+        sys.stderr = FramedStream(sys.stderr)
+
+
+def _set_frame(frame: str | None) -> None:
+    """The call's frame, before its first output on each stream (None: the call
+    ended; flush what it wrote). Streams a function replaced get it at once."""
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.write(frame)
-            stream.flush()
+            if isinstance(stream, FramedStream):
+                stream.pending = frame
+                if frame is None:
+                    stream.flush()
+            elif frame is not None:
+                stream.write(frame)
+                stream.flush()
         except (OSError, ValueError):
             pass
 
@@ -331,8 +373,16 @@ def _write_frame(frame: str) -> None:
 def _call(handle: Handler, request: Request) -> tuple[int, list[tuple[str, str]], bytes]:
     """Run ``handle`` and wrap its answer in the contract: (HTTP status, headers, body)."""
     frame = log_frame(request.headers)
-    if frame is not None:
-        _write_frame(frame)
+    if frame is None:
+        return _answer(handle, request)
+    _set_frame(frame)
+    try:
+        return _answer(handle, request)
+    finally:
+        _set_frame(None)
+
+
+def _answer(handle: Handler, request: Request) -> tuple[int, list[tuple[str, str]], bytes]:
     deadline = parse_deadline(request.headers.get("fn-deadline"))
     if deadline is not None and deadline <= time.time():
         return (
@@ -404,6 +454,8 @@ def serve_socket(sock: socket.socket, handle: Handler) -> None:
 def serve(handle: Handler, listener: str | None = None) -> None:
     """Bind the listener from ``FN_LISTENER`` (or ``listener``) and serve calls until killed."""
     path = listener_path(listener)
+    if os.environ.get("FN_LOGFRAME_NAME") and os.environ.get("FN_LOGFRAME_HDR"):
+        _frame_streams()
     sock = bind_listener(path)
     try:
         serve_socket(sock, handle)

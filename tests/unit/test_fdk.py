@@ -261,6 +261,33 @@ def test_plain_bytes_answer_is_200_with_fn_http_status() -> None:
     assert (status, headers, body) == (200, [("Fn-Http-Status", "200")], b"out:in")
 
 
+def test_log_frames_go_before_a_calls_first_output_and_not_for_a_silent_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FN_LOGFRAME_NAME", "kiln_call_id")
+    monkeypatch.setenv("FN_LOGFRAME_HDR", "Fn-Call-Id")
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    fdk._frame_streams()
+
+    def speaks(body: bytes, headers: dict[str, str]) -> bytes:
+        print("said", body.decode())
+        return b""
+
+    fdk._call(speaks, request(b"one", {"fn-call-id": "A"}))
+    fdk._call(lambda b, h: b"", request(b"", {"fn-call-id": "B"}))  # writes nothing
+    fdk._call(speaks, request(b"two", {"fn-call-id": "C"}))
+    print("between calls")  # no call: no frame
+    assert out.getvalue() == (
+        "\nkiln_call_id=A\nsaid one\n\nkiln_call_id=C\nsaid two\nbetween calls\n"
+    )
+    assert err.getvalue() == ""  # nothing written there, no frame either
+    fdk._frame_streams()  # idempotent: not wrapped twice
+    assert isinstance(sys.stdout, fdk.FramedStream)
+    assert sys.stdout.stream is out
+
+
 def test_handler_sees_the_callers_headers_under_their_own_names() -> None:
     seen: list[dict[str, str]] = []
     headers = {

@@ -227,6 +227,33 @@ async def test_log_frames_attribute_exactly_and_are_swallowed() -> None:
     ]
 
 
+async def test_an_unframed_line_belongs_to_the_call_served_not_an_old_frame(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Kiln's FDK frames only a call that writes through Python's streams; what a
+    later call writes around them (a subprocess) belongs to that later call."""
+    logs = Logs(LogSettings(), wall_clock=lambda: 1000.0)
+    c = logs.container("f", "ctr")
+    c.begin_call("A")
+    c.feed([Frame(1, b"\nkiln_call_id=A\nin A\n")])
+    c.end_call()
+    await trio.sleep(1)  # A is long over
+    c.begin_call("B")  # B prints nothing itself: no frame
+    c.feed([Frame(1, b"from B's subprocess\n")])
+    c.end_call()
+    c.feed([Frame(1, b"just after B\n")])  # lingering: still B's
+    await trio.sleep(1)
+    c.feed([Frame(1, b"between calls\n")])
+    c.close()
+    got = [(x.call, x.text) for x in logs.query("f", Query())]
+    assert got == [
+        ("A", "in A"),
+        ("B", "from B's subprocess"),
+        ("B", "just after B"),
+        (None, "between calls"),
+    ]
+
+
 async def test_flooding_function_is_limited_with_a_counted_marker() -> None:
     fwd = Collect()
     logs = Logs(LogSettings(rate=100, burst=10), forwarder=fwd, wall_clock=lambda: 1.0)

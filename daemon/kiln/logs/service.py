@@ -9,8 +9,11 @@ batch per read of the container's stream) and turns it into lines:
   through dockerd, its answer does not, so the answer often wins) — the call
   that ended less than ``LINGER`` seconds ago; otherwise no call.
   Functions whose FDK writes Fn's log frames (``FN_LOGFRAME_NAME``: a line
-  ``kiln_call_id=ID`` at the start of each call, on both streams) are
-  attributed exactly: from a frame on, that stream's lines belong to its call;
+  ``kiln_call_id=ID`` before a call's output on each stream — Fn's FDKs at
+  the start of every call, Kiln's before the call's first output) are
+  attributed exactly: from a frame on, that stream's lines belong to its call
+  while that call runs or lingers; after that, to the call being served (the
+  output of a call whose FDK wrote no frame for it);
 * rate-limited per function (:class:`~kiln.logs.lines.FloodLimiter`);
 * stored, mirrored to files (if configured), forwarded to journald/stderr and
   published to followers.
@@ -216,7 +219,6 @@ class ContainerLog:
         self.call: str | None = None  # the call being served
         self.last_call: str | None = None
         self.ended_at = -float("inf")
-        self.framed = False
         max_line = logs.settings.max_line
         self._streams = {STDOUT: _Stream(max_line), STDERR: _Stream(max_line)}
 
@@ -231,10 +233,9 @@ class ContainerLog:
 
     def _attribute(self, st: _Stream, now: float) -> str | None:
         lingering = now - self.ended_at < LINGER
-        if self.framed and st.frame_call is not None:
-            if self.call is not None or lingering:
-                return st.frame_call
-            return None
+        frame = st.frame_call
+        if frame is not None and (frame == self.call or (lingering and frame == self.last_call)):
+            return frame
         if self.call is not None:
             return self.call
         return self.last_call if lingering else None
@@ -267,7 +268,6 @@ class ContainerLog:
                     # Fn's log frame: swallow it (and the empty line before it).
                     st.frame_call = framed
                     st.pending_empty = False
-                    self.framed = True
                     continue
             if st.pending_empty:
                 st.pending_empty = False
