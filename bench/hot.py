@@ -4,9 +4,8 @@ container's Unix socket and (b) through Kiln's POST /invoke, in one run.
     python bench/hot.py [--seconds 5]
 
 Prints p50/p99 latency at 1 client and calls/s at 1, 8 and 64 concurrent
-clients, with the Kiln/direct ratio, and Kiln's CPU per call; Kiln once as
-configured by default and once with ``[logs] call_frames = false`` (no Fn log
-frame per call). Then the same for the Fn project's own
+clients, with the Kiln/direct ratio, and Kiln's CPU per call
+(``bench/hot_cpu.py`` counts it in instructions, which repeat on a busy host). Then the same for the Fn project's own
 FDKs (``kiln-test/fn-python``: fdk-python, ``kiln-test/fn-node``: the Node FDK,
 each running Fn's hello-world function) beside Kiln's FDK: p50/p99 at one
 client through Kiln and direct to a container of the same image, and Kiln's
@@ -273,20 +272,17 @@ def main() -> None:
             "idle_timeout": 600,
         }
     }
-    # Kiln as configured by default, then with [logs] call_frames = false: the FDK
-    # then writes no log frame per call, and the daemon reads two chunks fewer.
-    for label, logs in (("kiln", {}), ("no frames", {"call_frames": False})):
-        with kiln_daemon(fns, logs=logs) as (url, proc, _id):
-            daemon = psutil.Process(proc.pid)
-            t = daemon.cpu_times()
-            results[label] = trio.run(measure_kiln, url, args.seconds)
-            t2 = daemon.cpu_times()
-            cpu = (t2.user - t.user) + (t2.system - t.system)
-            results[label]["cpu_us"] = cpu / results[label]["calls"] * 1e6
+    with kiln_daemon(fns) as (url, proc, _id):
+        daemon = psutil.Process(proc.pid)
+        t = daemon.cpu_times()
+        results["kiln"] = trio.run(measure_kiln, url, args.seconds)
+        t2 = daemon.cpu_times()
+        cpu = (t2.user - t.user) + (t2.system - t.system)
+        results["kiln"]["cpu_us"] = cpu / results["kiln"]["calls"] * 1e6
     d, k = results["direct"], results["kiln"]
     print(f"hot FDK echo ({len(BODY)} B body), {args.seconds:g} s per figure")
     print(f"{'':10}{'p50 ms':>9}{'p99 ms':>9}{'1 cl/s':>9}{'8 cl/s':>9}{'64 cl/s':>9}  CPU/call")
-    for label in ("direct", "kiln", "no frames"):
+    for label in ("direct", "kiln"):
         r = results[label]
         cpu_text = f"{r['cpu_us']:7.0f} µs" if "cpu_us" in r else ""
         print(
@@ -297,8 +293,7 @@ def main() -> None:
         f"{'kiln/dir':10}{k['p50'] / d['p50']:8.2f}x{k['p99'] / d['p99']:8.2f}x"
         f"{k['c1'] / d['c1']:8.2f}x{k['c8'] / d['c8']:8.2f}x{k['c64'] / d['c64']:8.2f}x"
     )
-    print("(CPU/call: the daemon's own, all phases, warm-ups included; no frames:")
-    print(" [logs] call_frames = false)")
+    print("(CPU/call: the daemon's own, all phases, warm-ups included)")
     fdk_table(args.seconds)
 
 
