@@ -22,6 +22,18 @@ FN_PYTHON = "kiln-test/fn-python:latest"
 FN_NODE = "kiln-test/fn-node:latest"
 
 
+def hot_echo(max_containers: int = 8, idle_timeout: float = 600) -> dict[str, Any]:
+    """Kiln's FDK echo as an ``http-stream`` function (the hot benchmarks' function)."""
+    return {
+        "image": PYTHON,
+        "cmd": ["python3", "/fn/echo_fdk.py"],
+        "format": "http-stream",
+        "memory": "64MiB",
+        "max_containers": max_containers,
+        "idle_timeout": idle_timeout,
+    }
+
+
 def percentile(values: Sequence[float], p: float) -> float:
     s = sorted(values)
     if not s:

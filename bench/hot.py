@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 import psutil
 import trio
 
-from _common import FN_NODE, FN_PYTHON, PYTHON, KeepAliveClient, kiln_daemon, percentile
+from _common import FN_NODE, FN_PYTHON, PYTHON, KeepAliveClient, hot_echo, kiln_daemon, percentile
 from kiln.docker import Docker
 from kiln.fncontract import call_request_headers, container_env
 from kiln.hot.httpstream import FnConnection
@@ -262,16 +262,7 @@ def main() -> None:
         fdk_table(args.seconds)
         return
     results = trio.run(measure, args.seconds)
-    fns = {
-        "echo": {
-            "image": PYTHON,
-            "cmd": ["python3", "/fn/echo_fdk.py"],
-            "format": "http-stream",
-            "memory": "64MiB",
-            "max_containers": 8,
-            "idle_timeout": 600,
-        }
-    }
+    fns = {"echo": hot_echo()}
     with kiln_daemon(fns) as (url, proc, _id):
         daemon = psutil.Process(proc.pid)
         t = daemon.cpu_times()

@@ -26,19 +26,10 @@ from typing import Any
 
 import trio
 
-from _common import PYTHON, REPO, KeepAliveClient, kiln_daemon
+from _common import REPO, KeepAliveClient, hot_echo, kiln_daemon
 
 BODY = b"hello kiln " * 10
-FNS = {
-    "echo": {
-        "image": PYTHON,
-        "cmd": ["python3", "/fn/echo_fdk.py"],
-        "format": "http-stream",
-        "memory": "64MiB",
-        "max_containers": 8,
-        "idle_timeout": 600,
-    }
-}
+FNS = {"echo": hot_echo()}
 
 
 async def drive(host: str, port: int, clients: int, calls: int) -> None:

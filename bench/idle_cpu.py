@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import psutil
 import trio
 
-from _common import PYTHON, KeepAliveClient, kiln_daemon
+from _common import KeepAliveClient, hot_echo, kiln_daemon
 
 
 async def burst(host: str, port: int, calls: int, clients: int = 16) -> None:
@@ -50,16 +50,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--idle", type=float, default=30.0)
     args = parser.parse_args()
-    fns = {
-        "echo": {
-            "image": PYTHON,
-            "cmd": ["python3", "/fn/echo_fdk.py"],
-            "format": "http-stream",
-            "memory": "64MiB",
-            "max_containers": 4,
-            "idle_timeout": 3600,
-        }
-    }
+    fns = {"echo": hot_echo(max_containers=4, idle_timeout=3600)}
     with kiln_daemon(fns) as (url, proc, _id):
         u = urlparse(url)
         daemon = psutil.Process(proc.pid)
