@@ -46,6 +46,19 @@ if ! command -v chromium >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
+# kiln.docker's image tests push to and pull from a private registry they start
+# themselves on 127.0.0.1 (tests/docker/conftest.py): Debian's docker-registry,
+# installed without starting its service.
+if ! [[ -x /usr/bin/docker-registry ]]; then
+  log "installing docker-registry (a private registry for the image push/pull tests)"
+  apt-get update -qq
+  POLICY=/usr/sbin/policy-rc.d
+  made_policy=0
+  if [[ ! -e "$POLICY" ]]; then printf '#!/bin/sh\nexit 101\n' >"$POLICY"; chmod +x "$POLICY"; made_policy=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry >/dev/null
+  if [[ $made_policy -eq 1 ]]; then rm -f "$POLICY"; fi
+fi
+
 # The async queue's PostgreSQL store is tested against a real server the tests start
 # themselves (tests/pgserver.py): only the binaries are needed, no running service.
 if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
