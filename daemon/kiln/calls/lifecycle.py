@@ -144,10 +144,11 @@ class Calls:
         :class:`~kiln.http.asgi.DisconnectWatch`, watched once the body is read);
         the call is then cancelled and the result's status is
         :data:`CALLER_GONE`. Without it (a call with no one waiting on a
-        connection) the call runs to its end unless the calling task is cancelled. ``client`` (who called: an address,
-        with ``X-Forwarded-For`` when a proxy sent it) goes into the call's log line.
-        ``is_async``: an async call (the
-        dispatcher's), whose ``stdio`` memory counts toward the async share.
+        connection) the call runs to its end unless the calling task is
+        cancelled. ``client`` (who called: an address, with ``X-Forwarded-For``
+        when a proxy sent it) goes into the call's log line. ``is_async``: an
+        async call (the dispatcher's), whose ``stdio`` memory counts toward the
+        async share.
         """
         t0 = trio.current_time()
         fn: Function | None = None

@@ -31,6 +31,12 @@ READ_SIZE = 64 * 1024  # larger reads cost more (fresh buffers) than they save, 
 CONNECT_TIMEOUT = 5.0
 
 
+def connect_timeout(timeout: float | None) -> float:
+    """How long connecting may take within a call's ``timeout``: at most
+    :data:`CONNECT_TIMEOUT`."""
+    return CONNECT_TIMEOUT if timeout is None else min(timeout, CONNECT_TIMEOUT)
+
+
 class Transport(Protocol):
     """What a client may send requests through instead of its own connections: an
     httpcore connection pool, or a test's fake engine."""
@@ -132,7 +138,7 @@ class ShortPool:
             if not _readable(stream, fd):
                 return stream, fd
             await stream.aclose()  # readable while idle: closed by the engine (or junk)
-        connect = CONNECT_TIMEOUT if timeout is None else min(timeout, CONNECT_TIMEOUT)
+        connect = connect_timeout(timeout)
         stream = await self._connect(connect)
         fileno = getattr(stream.get_extra_info("socket"), "fileno", None)
         return stream, fileno() if callable(fileno) else -1
@@ -188,7 +194,7 @@ class ShortPool:
         sink: Callable[[memoryview], None] | None,
     ) -> Reply:
         assert self.transport is not None
-        connect = CONNECT_TIMEOUT if timeout is None else min(timeout, CONNECT_TIMEOUT)
+        connect = connect_timeout(timeout)
         request = httpcore.Request(
             method.encode(),
             self._base + target.encode(),

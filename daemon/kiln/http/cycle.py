@@ -142,8 +142,6 @@ class Cycle:
         elif self.state is State.SENDING:
             self._to(State.GONE)  # only closing can tell the client now
 
-    # ---------------------------------------------------------------- the app
-
     # ---------------------------------------------------------------- watching the client
 
     def watch(self, on_gone: Callable[[], None]) -> None:
